@@ -88,15 +88,6 @@ def _fields_to_bits(v: np.ndarray, width: int) -> np.ndarray:
     return np.unpackbits(as_bytes, axis=1, count=width, bitorder="little")
 
 
-def _bits_to_fields(bits: np.ndarray, width: int) -> np.ndarray:
-    """(k, width) 0/1 uint8 bits, least significant first -> (k,) int64 values."""
-    dt = _field_dtype(width)
-    packed = np.packbits(bits, axis=1, bitorder="little")  # (k, ceil(width / 8))
-    if packed.shape[1] != dt.itemsize:
-        packed = np.pad(packed, ((0, 0), (0, dt.itemsize - packed.shape[1])))
-    return np.ascontiguousarray(packed).view(dt).reshape(-1).astype(np.int64)
-
-
 def _gaps_from_positions(positions: np.ndarray) -> np.ndarray:
     pos = np.asarray(positions, dtype=np.int64).ravel()
     if pos.size == 0:
@@ -231,7 +222,7 @@ class _CostModel:
         return nbytes, abits + nb + cbits
 
 
-_SCAN_BUDGET = 1 << 16  # candidate-gap pairs for the exhaustive scan of small layers
+_SCAN_BUDGET = 1 << 14  # candidate-gap pairs for the exhaustive scan of small layers
 
 
 def _choose_m(gaps: np.ndarray, n: int) -> int:
@@ -366,7 +357,10 @@ def decode_mask(
         a_bits = np.unpackbits(payload[:a_len], bitorder="little")
         if a_bits[k * width :].any():
             raise CodecError("nonzero padding bits in stream A")
-        v = _bits_to_fields(a_bits[: k * width].reshape(k, width), width)
+        a_bits = a_bits[: k * width].reshape(k, width)
+        v = np.zeros(k, dtype=np.int64)
+        for j in range(width):  # a loop over bit positions (<= 61), not over gaps
+            v |= a_bits[:, j].astype(np.int64) << j
         del a_bits
         pos = a_len
     elif m > 1:

@@ -26,7 +26,17 @@ _WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160
 console = Console(width=_WIDTH)
 err_console = Console(stderr=True, width=_WIDTH)
 
-from . import info  # noqa: E402,F401  (registers commands)
+
+def _register_commands() -> None:
+    """Import every module of this package; each registers its commands on `app`."""
+    import importlib
+    import pkgutil
+
+    for mod in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+        importlib.import_module(f"{__name__}.{mod}")
+
+
+_register_commands()
 
 
 def main(argv: list[str] | None = None) -> int:
