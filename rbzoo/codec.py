@@ -51,6 +51,7 @@ MAX_M = 1 << 62
 MAX_N = 1 << 52
 
 _LN2 = math.log(2.0)
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)  # numpy < 2 too
 
 
 # --------------------------------------------------------------------------------------------
@@ -200,7 +201,6 @@ class _CostModel:
             abits + nb + cbits,
         )
 
-
     def sizes(self, ms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Vectorized :meth:`size` over an int64 array of candidate parameters."""
         k = self.k
@@ -293,7 +293,7 @@ def encode_mask(mask: np.ndarray) -> bytes:
 
 def _as_bytes(blob: bytes | bytearray | memoryview | np.ndarray) -> bytes:
     if isinstance(blob, np.ndarray):
-        if blob.dtype.itemsize != 1 or blob.dtype.kind not in "uib":
+        if blob.dtype.itemsize != 1 or blob.dtype.kind not in "ui":
             raise CodecError(f"mask blob must be a uint8 array, got dtype {blob.dtype}")
         return np.ascontiguousarray(blob).reshape(-1).view(np.uint8).tobytes()
     if isinstance(blob, (bytes, bytearray, memoryview)):
@@ -384,7 +384,7 @@ def decode_mask(
 
     # ---- stream C: the rest of the blob, exactly k one-bits, ending in its last byte
     c_bytes = payload[pos:]
-    ones = int(np.bitwise_count(c_bytes).sum(dtype=np.int64))
+    ones = int(_POPCOUNT[c_bytes].sum(dtype=np.int64))
     if ones != k:
         which = "too few" if ones < k else "too many"
         raise CodecError(f"{which} unary ends in stream C: {ones}, expected {k}")

@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import datagen  # noqa: E402
 
 import rbzoo  # noqa: E402
+import rbzoo.data  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -37,5 +38,5 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
         for _ in range(4):
             model(torch.rand(32, 3, 32, 32, generator=g))
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    rbzoo.save(model.eval(), path, metadata={"rbzoo.dataset": "cifar10"})
+    rbzoo.save(model.eval(), path, metadata={"rbzoo.dataset": rbzoo.data.dataset_metadata("cifar10")})
     return path

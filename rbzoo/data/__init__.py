@@ -46,6 +46,17 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
+# Robust-evaluation radius (L∞, [0, 1] pixels) used by the paper for each dataset (method.md §6.1).
+DEFAULT_EPS = {"cifar10": 8 / 255, "cifar100": 4 / 255, "imagenet100": 2 / 255, "digits": 0.1}
+
+
+def dataset_metadata(name: str) -> dict:
+    """The `rbzoo.dataset` metadata object a checkpoint trained on `name` carries."""
+    s = get_spec(name)
+    return {"name": s.name, "num_classes": s.num_classes, "image_size": s.image_size, "channels": s.channels,
+            "mean": list(s.mean), "std": list(s.std)}
+
+
 def get_spec(name: str) -> DatasetSpec:
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
@@ -195,4 +206,4 @@ def num_classes_of(name: str) -> int:
     return get_spec(name).num_classes
 
 
-__all__ = ["DATASETS", "DatasetSpec", "Subset", "get_dataset", "get_spec", "split_train_valid", "train_transform", "test_transform"]
+__all__ = ["DATASETS", "DEFAULT_EPS", "dataset_metadata", "DatasetSpec", "Subset", "get_dataset", "get_spec", "split_train_valid", "train_transform", "test_transform"]
