@@ -62,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
             return e.exit_code
         if isinstance(e, click.exceptions.Abort):
             return 1
+        try:  # recent typer vendors click as typer._click, whose exceptions are not click's
+            from typer._click.exceptions import ClickException as TyperClickException
+        except ImportError:
+            TyperClickException = None
+        if TyperClickException is not None and isinstance(e, TyperClickException):
+            e.show()
+            return e.exit_code
         raise
     return 0
 

@@ -1,0 +1,33 @@
+"""`rbzoo plot`: figures from checkpoints, runs, results files and model cards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .. import plot as rb_plot
+from . import app, console, err_console
+
+
+@app.command()
+def plot(
+    kind: Annotated[str, typer.Argument(help="layers | structure | curves | attack | zoo | compare")],
+    inputs: Annotated[list[Path], typer.Argument(help="layers/structure: a checkpoint; curves: a run folder or metrics.jsonl; "
+                                                      "attack: a results JSON; zoo: cards (.md) and results (.json); "
+                                                      "compare: two checkpoints.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Image to write: .png, .pdf or .svg.")],
+    data: Annotated[Optional[Path], typer.Option("--data", help="Also write the figure's numbers as JSON.")] = None,
+    layers: Annotated[Optional[list[str]], typer.Option("--layers", help="structure: layer names (repeat or comma-separate); "
+                                                                        "default: first, middle and deepest pruned k×k conv.")] = None,
+    p: Annotated[Optional[str], typer.Option("--p", help="layers: p values to overlay, e.g. 0.0,0.5,1.0 (the default).")] = None,
+    trials: Annotated[int, typer.Option("--trials", help="structure: random placements for the baseline.")] = 100,
+    seed: Annotated[int, typer.Option("--seed", help="structure: seed of the random placements.")] = 0,
+) -> None:
+    """Draw a figure: per-layer allocation, mask structure, training curves, attack stages, zoo, or mask overlap."""
+    names = [n for item in layers or [] for n in item.split(",") if n.strip()] or None
+    result = rb_plot.plot(kind, inputs, out, data_out=data, layers=names, ps=p, trials=trials, seed=seed)
+    for s in result.get("skipped", []):
+        err_console.print(f"warning: {s['path']}: {s['reason']}; left out", highlight=False, soft_wrap=True)
+    console.print(f"wrote {out}" + (f" and {data}" if data else ""), highlight=False)
