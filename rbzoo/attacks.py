@@ -63,3 +63,52 @@ def pgd(
         x_adv = x_adv.detach() + alpha * grad.sign()
         x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0, 1)
     return (x_adv if select == "final" else best).detach()
+
+
+def fgsm_rs(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    alpha: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """FGSM with a fresh uniform random start (Wong, Rice & Kolter, 2020): one signed step of size
+    `alpha` (they use 1.25·eps) from δ ~ U(−eps, eps), projected to the eps-ball and to [0, 1]."""
+    x = x.detach()
+    delta = _uniform_like(x, eps, generator)
+    delta = ((x + delta).clamp(0, 1) - x).requires_grad_(True)
+    loss = F.cross_entropy(model(x + delta), y, reduction="sum")
+    (grad,) = torch.autograd.grad(loss, delta)
+    delta = (delta.detach() + alpha * grad.sign()).clamp_(-eps, eps)
+    return (x + delta).clamp_(0, 1).detach()
+
+
+def trades_kl(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    eps: float,
+    alpha: float,
+    steps: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The TRADES inner maximization (method.md §5.4): start at x + 0.001·N(0, I), then `steps`
+    signed ascent steps on KL(f(x') ‖ f(x)) (summed), projected to the eps-ball and [0, 1].
+    The caller chooses the model mode (the reference runs it in eval mode)."""
+    x = x.detach()
+    with torch.no_grad():
+        target = F.softmax(model(x).float(), dim=1)
+    if generator is None:
+        noise = torch.randn_like(x)
+    else:
+        noise = torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
+    x_adv = x + 0.001 * noise
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        loss = F.kl_div(F.log_softmax(model(x_adv).float(), dim=1), target, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x_adv)
+        x_adv = x_adv.detach() + alpha * grad.sign()
+        x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0, 1)
+    return x_adv.detach()

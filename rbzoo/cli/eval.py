@@ -1,0 +1,108 @@
+"""`rbzoo eval`: exact clean accuracy, then AutoAttack (resumable, shardable) or a quick PGD check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ..evaluate import EvalConfig, run_eval
+from . import app, console
+
+
+class _Display:
+    """Rich progress bars with ETA, one per stage; silent when stdout is not a terminal."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                 console=console, disable=not console.is_terminal, transient=False)
+        self.tasks: dict[str, int] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        key = "clean" if stage == "clean" else "attack"
+        label = "clean accuracy" if key == "clean" else f"attack: {stage}"
+        if key not in self.tasks:
+            self.tasks[key] = self.progress.add_task(label, total=total)
+        self.progress.update(self.tasks[key], completed=done, total=total, description=label)
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.2f}%"
+
+
+def _ci(ci: list[float] | None) -> str:
+    return "" if not ci else f"[{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]"
+
+
+def _summary(r: dict, out: Optional[Path]) -> None:
+    n = r["n_examples"]
+    a = r["attack"]
+    title = f"{r['model']['arch']} on {r['dataset']}/{r['split']}: {n} examples"
+    if a:
+        title += f", {a['norm']} eps={a['eps']:.6g}, {a['version']}"
+    table = Table(title=title)
+    for col, justify in (("", "left"), ("correct", "right"), ("accuracy", "right"), ("Wilson 95%", "right")):
+        table.add_column(col, justify=justify)
+    w = r["wilson95"] or {}
+    table.add_row("clean", f"{r['clean_correct']}/{n}", _pct(r["clean_acc"]), _ci(w.get("clean")))
+    for attack, acc in r["robust_acc_after"].items():
+        table.add_row(f"after {attack}", f"{r['robust_correct_after'][attack]}/{n}", _pct(acc), "")
+    if r["robust_acc"] is not None:
+        table.add_row("robust", f"{r['robust_correct']}/{n}", _pct(r["robust_acc"]), _ci(w.get("robust")), style="bold")
+    console.print(table)
+    console.print(f"predictions sha256 {r['predictions_sha256']}\ndata sha256        {r['data_sha256']}\n"
+                  f"model digest       {r['model_digest']}", highlight=False)
+    for message in r["warnings"]:
+        console.print(f"[yellow]warning:[/] {message}", highlight=False)
+    where = f"; results in {out}" if out else ""
+    state = f"; state in {r['state_dir']}" if r.get("state_dir") else ""
+    console.print(f"{r['wall_s']:.1f} s on {r['device']}{where}{state}", highlight=False)
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Annotated[str, typer.Argument(help="Checkpoint file, run folder (best/last.safetensors), or zoo name.")],
+    dataset: Annotated[Optional[str], typer.Option(help="Dataset (default: the one recorded in the checkpoint).")] = None,
+    split: Annotated[str, typer.Option(help="train or test.")] = "test",
+    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Data folder (default $RBZOO_DATA or ./data).")] = None,
+    download: Annotated[bool, typer.Option("--download", help="Download the dataset if missing.")] = False,
+    n_examples: Annotated[Optional[int], typer.Option("--n-examples", help="Evaluate N examples (default: the whole split).")] = None,
+    subset: Annotated[str, typer.Option(help="Which N: 'first' or a seeded 'random' subset.")] = "first",
+    subset_seed: Annotated[int, typer.Option("--subset-seed", help="Seed of the random subset.")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size of the clean pass.")] = 256,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
+    workers: Annotated[int, typer.Option(help="Data-loader worker processes.")] = 0,
+    clean_only: Annotated[bool, typer.Option("--clean-only", help="Only clean accuracy, no attack.")] = False,
+    norm: Annotated[str, typer.Option(help="Threat model: Linf or L2.")] = "Linf",
+    eps: Annotated[Optional[str], typer.Option(help="Radius, e.g. 8/255 or 0.0314 (default: the dataset's L∞ eps).")] = None,
+    version: Annotated[str, typer.Option(help="AutoAttack version: standard, plus, rand or custom.")] = "standard",
+    attacks: Annotated[Optional[str], typer.Option(help="With --version custom: comma-separated, from apgd-ce, apgd-dlr, apgd-t, fab, fab-t, square.")] = None,
+    pgd: Annotated[Optional[int], typer.Option("--pgd", metavar="STEPS", help="Quick check: L∞ PGD-STEPS (best iterate) instead of AutoAttack.")] = None,
+    alpha: Annotated[Optional[str], typer.Option(help="PGD step size (default eps/4).")] = None,
+    seed: Annotated[int, typer.Option(help="Attack seed; chunk i uses a seed derived from (seed, i).")] = 0,
+    chunk_size: Annotated[int, typer.Option("--chunk-size", help="Points per chunk: the unit of saving, sharding and attack batching.")] = 500,
+    n_iter: Annotated[Optional[int], typer.Option("--n-iter", help="Override APGD/FAB iterations (default: the version's).")] = None,
+    n_restarts: Annotated[Optional[int], typer.Option("--n-restarts", help="Override APGD/FAB/Square restarts.")] = None,
+    n_queries: Annotated[Optional[int], typer.Option("--n-queries", help="Override Square queries.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Write the results JSON here (atomically).")] = None,
+    state: Annotated[Optional[Path], typer.Option(help="Resume-state folder (default: beside --out, e.g. results.state/).")] = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Discard any saved state and start over.")] = False,
+) -> None:
+    """Exact clean accuracy and AutoAttack robust accuracy of a checkpoint (resumable; shard it with torchrun)."""
+    config = EvalConfig(
+        model=model, dataset=dataset, split=split, data_dir=data_dir, download=download, n_examples=n_examples,
+        subset=subset, subset_seed=subset_seed, batch_size=batch_size, device=device, num_workers=workers,
+        clean_only=clean_only, norm=norm, eps=eps, version=version,
+        attacks=[a for a in attacks.split(",") if a.strip()] if attacks else None, pgd_steps=pgd, alpha=alpha,
+        seed=seed, chunk_size=chunk_size, n_iter=n_iter, n_restarts=n_restarts, n_queries=n_queries,
+        out=out, state=state, fresh=fresh,
+    )
+    display = _Display()
+    with display.progress:
+        results = run_eval(config, progress=display)
+    if results is not None:  # None on the non-zero ranks of a sharded run
+        _summary(results, out)
