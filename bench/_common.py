@@ -114,7 +114,12 @@ def header(title: str, threads: int) -> None:
     print(f"# torch {torch.__version__}, {platform.processor() or platform.machine()}, threads={threads}, "
           f"clock={'cpu' if _clock is time.process_time else 'wall'}")
     busy = busy_factor()
-    note = "" if busy < 1.2 else "  <- machine busy: wall times are inflated; rerun idle or with --clock cpu --threads 1"
+    if busy < 1.2:
+        note = ""
+    elif _clock is time.process_time:
+        note = "  <- machine busy (CPU-clock numbers are only mildly affected)"
+    else:
+        note = "  <- machine busy: wall times are inflated; rerun idle or with --clock cpu --threads 1"
     print(f"# busy factor (wall/cpu of a spin loop): {busy:.2f}{note}")
 
 

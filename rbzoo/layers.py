@@ -57,14 +57,17 @@ def top_mask(scores: torch.Tensor, kept: int) -> torch.Tensor:
     for z in (4.0, 16.0, math.inf):  # a wider bracket only if the sampled one missed (rare)
         mask = _band_select(a, kept, z)
         if mask is not None:
-            break
+            return mask.view_as(scores)
+    # Only NaN scores get here (no threshold orders them): rank them as torch.topk does, NaN first.
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[torch.topk(a, kept, sorted=False).indices] = True
     return mask.view_as(scores)
 
 
 # Top-k on CPU: `torch.topk` costs ~10 ns per score, which made the mask the largest overhead of a
 # training step. Instead, two thresholds bracketing the k-th largest |s| are estimated from a
-# strided sample, everything above the upper one is kept, and the exact top-up comes from the few
-# values inside the bracket. Every step is checked by exact counts, so the result never depends on
+# sample of 8192 scores, everything above the upper one is kept, and the exact top-up comes from
+# the few values inside the bracket. Every step is checked by exact counts, so the result never depends on
 # the sample, only the speed does. Temporaries live in a per-thread scratch pool (sized for the
 # largest layer) because fresh multi-megabyte allocations page-fault on every step.
 _SORT_MAX_N = 4096
@@ -77,7 +80,8 @@ def _scratch(n: int, dtype: torch.dtype, slot: int) -> torch.Tensor:
     pool = _POOL.__dict__.setdefault("buffers", {})
     buf = pool.get((slot, dtype))
     if buf is None or buf.numel() < n:
-        buf = pool[(slot, dtype)] = torch.empty(n, dtype=dtype)
+        with torch.inference_mode(False):  # a normal tensor stays writable in and out of inference mode
+            buf = pool[(slot, dtype)] = torch.empty(n, dtype=dtype)
     return buf[:n]
 
 
@@ -132,6 +136,8 @@ def _band_select(a: torch.Tensor, kept: int, z: float) -> torch.Tensor | None:
     v = torch.kthvalue(vals, idx.numel() - need + 1).values  # the need-th largest in the band
     take = vals >= v
     extra = int(torch.count_nonzero(take)) - need
+    if extra < 0:  # NaN scores: not orderable here
+        return None
     if extra:  # ties at v: the lowest indices win, so drop the highest
         take[torch.nonzero(vals == v).view(-1)[-extra:]] = False
     mask.index_put_((idx,), take)  # band positions are all False in mask: write take there
@@ -205,7 +211,10 @@ class SubnetConv2d(nn.Module):
     def _refresh(self) -> None:
         s, w = self.scores, self.weight
         key = (s._version, s.data_ptr(), s.device, w._version, w.data_ptr(), self.kept)
-        if key != self._cache_key:
+        # A mask computed under torch.inference_mode is an inference tensor, which autograd cannot
+        # save: recompute it once when training resumes at the same scores.
+        stale = self._w_eff is not None and self._w_eff.is_inference() and not torch.is_inference_mode_enabled()
+        if key != self._cache_key or stale:
             self._mask = top_mask(s, self.kept)
             # A new tensor each time, so graphs holding the old one stay valid. bool→float then an
             # in-place multiply is several times faster on CPU than `w * mask` or `torch.where`.

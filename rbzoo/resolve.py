@@ -34,3 +34,13 @@ def resolve_checkpoint(spec: str) -> Path:
         if found is not None:
             return Path(found)
     raise CheckpointError(f"no such checkpoint or run folder: {spec}")
+
+
+def _zoo_or_hub(spec: str) -> Path | None:
+    # Imported lazily: huggingface_hub is only needed when a name is not a local path.
+    from .hub import resolve_remote
+
+    return resolve_remote(spec)
+
+
+RESOLVERS.append(_zoo_or_hub)

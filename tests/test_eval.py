@@ -146,7 +146,8 @@ def test_wilson_pack_indices_and_chunk_seeds():
     assert chunk_seed(1, 0) != chunk_seed(0, 0) and all(0 <= s < 2**31 for s in seeds)
 
 
-def test_resolve_checkpoint(tiny_checkpoint, tmp_path):
+def test_resolve_checkpoint(tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setattr(resolve, "RESOLVERS", [])  # no Hub lookups for the made-up names below
     assert resolve.resolve_checkpoint(str(tiny_checkpoint)) == tiny_checkpoint
     run = tmp_path / "run"
     run.mkdir()

@@ -121,6 +121,7 @@ class ResNet(nn.Module):
                 cin = width * block.expansion
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
         self.num_stages = len(widths)
+        self.imagenet_stem = imagenet_stem
         # The official ImageNet dense classifier has a bias (method.md §1.4).
         if last_layer_dense:
             self.fc = dense_conv(cin, num_classes, 1, bias=imagenet_stem)
@@ -133,8 +134,13 @@ class ResNet(nn.Module):
         out = self.maxpool(self.act(self.bn1(self.conv1(x))))
         for i in range(self.num_stages):
             out = getattr(self, f"layer{i + 1}")(out)
-        # Adaptive pooling equals the official avg_pool2d(4) on 32×32 inputs and also works on others.
-        out = self.fc(F.adaptive_avg_pool2d(out, 1))
+        if self.imagenet_stem:
+            out = F.adaptive_avg_pool2d(out, 1)
+        else:
+            # The official CIFAR head is avg_pool2d(4) on the 4×4 map of a 32×32 input; pooling over
+            # the whole map keeps its exact summation order there and also works for other sizes.
+            out = F.avg_pool2d(out, tuple(out.shape[-2:]))
+        out = self.fc(out)
         if self.last is not None:
             out = self.last(out)
         return out.flatten(1)

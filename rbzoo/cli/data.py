@@ -1,0 +1,39 @@
+"""`rbzoo data imagenet100`: build the ImageNet100 subset from an ImageNet folder tree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from ..data import imagenet100 as inet
+from . import app, console, err_console
+
+data_app = typer.Typer(help="Prepare datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("imagenet100")
+def imagenet100(
+    imagenet: Annotated[Path, typer.Option("--imagenet", help="ImageNet root with train/<wnid>/ and val/<wnid>/ folders.")],
+    out: Annotated[Path, typer.Option("--out", help="Data folder: the subset goes to OUT/imagenet100/{train,val} (use it as --data-dir).")],
+    link: Annotated[str, typer.Option("--link", help="copy (default), hard (hard links) or sym (symbolic links).")] = "copy",
+    classes: Annotated[Optional[Path], typer.Option("--classes", help="A custom class list (one WNID per line) instead of the shipped one.")] = None,
+    workers: Annotated[int, typer.Option("--workers", help="Parallel file operations.")] = 8,
+) -> None:
+    """Build ImageNet100 (method.md §8: Continuum's class list, pinned) by copying or linking the
+    files of its 100 classes. Resumable: rerun the same command after an interruption."""
+    with Progress(TextColumn("imagenet100"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, disable=not console.is_terminal, transient=True) as bar:
+        task = bar.add_task("files", total=None)
+        result = inet.build_imagenet100(imagenet, out, link=link, classes=classes, workers=workers,
+                                        progress=lambda done, total: bar.update(task, completed=done, total=total))
+    n = result.counts
+    console.print(f"imagenet100 → {result.out}: {len(result.classes)} classes, "
+                  f"train {sum(n['train'].values()):,} / val {sum(n['val'].values()):,} images "
+                  f"({result.written:,} {'copied' if link == 'copy' else 'linked'}, {result.skipped:,} already in place); verified")
+    for w in result.warnings:
+        err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    console.print(f"use it with --data-dir {out}")

@@ -1,0 +1,164 @@
+"""`rbzoo push` and `rbzoo pull`: the zoo on the Hugging Face Hub (see rbzoo.hub)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .. import hub
+from ..errors import ConfigError
+from . import app, console
+
+_ENDPOINT = typer.Option("--endpoint", help="Hub URL (default: $HF_ENDPOINT, else https://huggingface.co).")
+_TOKEN = typer.Option("--token", help="Hub token (default: $HF_TOKEN, else `hf auth login`). Never printed.")
+_CARDS = typer.Option("--cards-dir", help="The zoo's card folder (default: $RBZOO_CARDS, a checkout's cards/, "
+                                          "else ~/.cache/rbzoo/cards).")
+_DATA = typer.Option("--data-dir", help="Folder holding the test data (default: $RBZOO_DATA, else ./data).")
+
+
+class _Bars:
+    """Rich progress bars for evaluation, started on first use; silent when stdout is not a terminal."""
+
+    def __init__(self) -> None:
+        self._progress: Progress | None = None
+
+    def __call__(self, description: str, total: int):
+        if not console.is_terminal:
+            return lambda n: None
+        if self._progress is None:
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                      TimeRemainingColumn(), console=console, transient=True)
+            self._progress.start()
+        task = self._progress.add_task(description, total=total)
+        return lambda n: self._progress.advance(task, n)
+
+    def __enter__(self) -> "_Bars":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f} %"
+
+
+def _robust_text(card) -> str:
+    robust = card.rb["claimed"]["robust_acc"]
+    if robust is None:
+        return "— (not measured)"
+    a = card.robust_args or {}
+    attack = "PGD" if str(a.get("version")).lower() == "pgd" else f"AutoAttack {a.get('version')}"
+    return f"{robust:.2f} % claimed ({attack}, {a.get('norm')}, eps={a.get('eps'):.6g})"
+
+
+@app.command()
+def push(
+    checkpoint: Annotated[Path, typer.Argument(help="The checkpoint (.safetensors) to publish.")],
+    repo_id: Annotated[Optional[str], typer.Argument(help="Hub repo id org/name (optional with --to).")] = None,
+    results: Annotated[Optional[Path], typer.Option("--results", help="`rbzoo eval` results JSON (default: "
+                       "<stem>.results.json or results.json beside the checkpoint).")] = None,
+    data_dir: Annotated[Optional[Path], _DATA] = None,
+    revision: Annotated[Optional[str], typer.Option("--revision", help="Branch to commit to (created if needed).")] = None,
+    private: Annotated[bool, typer.Option("--private", help="Create the repo as private.")] = False,
+    create_pr: Annotated[bool, typer.Option("--create-pr", help="Open a pull request instead of committing.")] = False,
+    endpoint: Annotated[Optional[str], _ENDPOINT] = None,
+    token: Annotated[Optional[str], _TOKEN] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Zoo name (default: the repo's name).")] = None,
+    to: Annotated[Optional[Path], typer.Option("--to", help="Write the repo layout into this folder instead "
+                                                             "(air-gapped exchange; no network).")] = None,
+    cards_dir: Annotated[Optional[Path], _CARDS] = None,
+    device: Annotated[str, typer.Option("--device", help="Device for --data-dir evaluation.")] = "cpu",
+) -> None:
+    """Publish a checkpoint, its card and results in ONE commit (or into a folder with --to).
+
+    Needs a clean-accuracy result: results JSON from `rbzoo eval`, or --data-dir to compute it.
+    With --data-dir and results, both must agree exactly. Prints the revision to pin and updates
+    the zoo's local card.
+    """
+    with _Bars() as bars:
+        r = hub.push(checkpoint, repo_id, results=results, data_dir=data_dir, revision=revision, private=private,
+                     create_pr=create_pr, endpoint=endpoint, token=token, name=name, to=to, cards_dir=cards_dir,
+                     device=device, progress=bars)
+    exp = r.card.expected
+    acc = f"clean {exp['clean_correct']}/{exp['n_examples']} ({_pct(r.card.rb['claimed']['clean_acc'])})"
+    if r.folder is not None:
+        console.print(f"wrote {r.folder}: {hub.CARD_FILE}, {hub.CHECKPOINT_FILE}, {hub.RESULTS_FILE} ({acc})")
+        console.print(f"on the other machine: rbzoo pull {r.folder}", highlight=False)
+        return
+    console.print(f"pushed {r.card.name} to {r.repo_id} in one commit ({acc}): {r.commit_url}", highlight=False)
+    if r.pr_url:
+        console.print(f"pull request: {r.pr_url}", highlight=False)
+    console.print(f"revision to pin: {r.pin}", highlight=False)
+    console.print(f"zoo card: {r.local_card}", highlight=False)
+
+
+@app.command()
+def pull(
+    spec: Annotated[Optional[str], typer.Argument(metavar="NAME|REPO_ID[@REV]|DIR",
+                    help="A zoo name, a Hub repo id (optionally @branch, tag or commit), or a --to folder.")] = None,
+    data_dir: Annotated[Optional[Path], _DATA] = None,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip re-evaluating the clean accuracy.")] = False,
+    endpoint: Annotated[Optional[str], _ENDPOINT] = None,
+    token: Annotated[Optional[str], _TOKEN] = None,
+    list_zoo: Annotated[bool, typer.Option("--list", help="Show the zoo (every card) as a table.")] = False,
+    cards_dir: Annotated[Optional[Path], _CARDS] = None,
+    device: Annotated[str, typer.Option("--device", help="Device for the verification.")] = "cpu",
+) -> None:
+    """Download a zoo model and verify it exactly: SHA-256, strict load, clean accuracy sample by sample.
+
+    Works offline from the cache with HF_HUB_OFFLINE=1; a verified pull is recorded, so repeating
+    it is instant. A mismatch exits non-zero and names the samples that disagree.
+    """
+    if list_zoo:
+        _print_zoo(cards_dir)
+        return
+    if spec is None:
+        raise ConfigError("give NAME, REPO_ID[@REV] or DIR to pull, or --list to see the zoo")
+    with _Bars() as bars:
+        r = hub.pull(spec, data_dir=data_dir, verify=not no_verify, endpoint=endpoint, token=token,
+                     cards_dir=cards_dir, device=device, progress=bars)
+    card = r.card
+    f32 = card.rb["float32_bytes"]
+    clean = {
+        "verified": f"verified: {r.clean_correct}/{r.n_examples} = {_pct(card.rb['claimed']['clean_acc'])}, "
+                    f"predictions identical",
+        "cached": f"verified earlier: {r.clean_correct}/{r.n_examples} = {_pct(card.rb['claimed']['clean_acc'])} "
+                  f"(registry)",
+        "skipped": f"NOT verified (--no-verify); the card claims {_pct(card.rb['claimed']['clean_acc'])}",
+    }[r.status]
+    table = Table(title=f"{card.name}", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    table.add_row("model", f"{card.rb['arch']['id']} on {card.dataset}, k={card.rb['keep']:g}")
+    table.add_row("source", r.label if r.repo_id else str(spec))
+    table.add_row("file", str(r.path))
+    table.add_row("size", f"{r.size:,} bytes ({f32 / r.size:,.0f}× smaller than float32), SHA-256 ok")
+    table.add_row("clean accuracy", clean)
+    table.add_row("robust accuracy", _robust_text(card))
+    console.print(table)
+    for note in r.notes:
+        console.print(f"note: {note}", highlight=False)
+    if r.status == "skipped":
+        console.print("clean accuracy was not verified (--no-verify)", highlight=False)
+
+
+def _print_zoo(cards_dir) -> None:
+    entries = hub.list_zoo(cards_dir)
+    table = Table(title=f"rbzoo model zoo ({len(entries)} models)")
+    for col in ("name", "dataset", "architecture", "k", "objective", "clean", "robust", "size", "Hub", "status"):
+        table.add_column(col, justify="right" if col in ("k", "clean", "robust", "size") else "left")
+    for e in entries:
+        rb = e.card.rb
+        hubref = f"{rb['repo_id']}@{rb['revision'][:12]}" if rb["revision"] else (rb["repo_id"] or "—")
+        size = f"{rb['checkpoint_bytes']:,}" if rb["checkpoint_bytes"] else "—"
+        table.add_row(rb["name"], rb["dataset"], rb["arch"]["id"], f"{rb['keep']:g}", rb["objective"] or "—",
+                      _pct(rb["claimed"]["clean_acc"]), _pct(rb["claimed"]["robust_acc"]), size, hubref, e.status)
+    console.print(table)
+    if not entries:
+        console.print(f"no cards in {hub.default_cards_dir(cards_dir)}", highlight=False)

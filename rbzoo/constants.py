@@ -1,0 +1,83 @@
+"""Environment settings, read when used (not at import) so tests and long-lived processes see changes.
+
+| variable | meaning | default |
+|---|---|---|
+| `HF_ENDPOINT` | Hub URL (`--endpoint` wins) | `https://huggingface.co` |
+| `HF_TOKEN` | Hub token (`--token` wins; then `hf auth login`'s stored token); never printed | none |
+| `HF_HUB_OFFLINE` | `1`: no network, pull from the download cache only | off |
+| `HF_HUB_CACHE` / `HF_HOME` | huggingface_hub's download cache (pulled files live there) | `~/.cache/huggingface/hub` |
+| `RBZOO_HOME` | rbzoo's own state: the registry of verified pulls | `$XDG_CACHE_HOME/rbzoo` or `~/.cache/rbzoo` |
+| `RBZOO_CARDS` | the zoo's card folder (`--cards-dir` wins) | `cards/` of a source checkout, else `$RBZOO_HOME/cards` |
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+_TRUE = ("1", "true", "yes", "on")
+
+
+def hf_endpoint(override: str | None = None) -> str:
+    """The Hub endpoint: `override`, else `HF_ENDPOINT`, else huggingface.co (no trailing slash)."""
+    return (override or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def hf_token(override: str | None = None) -> str | None:
+    """The Hub token: `override`, else `HF_TOKEN`, else the one stored by `hf auth login` (or None)."""
+    if override:
+        return override
+    if os.environ.get("HF_TOKEN"):
+        return os.environ["HF_TOKEN"]
+    try:
+        from huggingface_hub import get_token
+
+        return get_token()
+    except Exception:  # a broken token file or OIDC setup must not break anonymous reads
+        return None
+
+
+def hf_offline() -> bool:
+    """True when `HF_HUB_OFFLINE` is set now, or was set when huggingface_hub was imported."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE:
+        return True
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except Exception:
+        return False
+
+
+def hf_cache_dir() -> Path:
+    """huggingface_hub's download cache, resolved from the environment as the client does."""
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            return Path(os.environ[var]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def rbzoo_home() -> Path:
+    """rbzoo's cache folder (verified-pull registry; default card folder outside a checkout)."""
+    if os.environ.get("RBZOO_HOME"):
+        return Path(os.environ["RBZOO_HOME"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path("~") / ".cache").expanduser() / "rbzoo"
+
+
+def checkout_cards_dir() -> Path | None:
+    """`cards/` of the source checkout rbzoo runs from (editable install), or None if installed."""
+    root = Path(__file__).resolve().parent.parent
+    cards = root / "cards"
+    return cards if cards.is_dir() and (root / "pyproject.toml").is_file() else None
+
+
+def cards_dir(override: str | os.PathLike | None = None) -> Path:
+    """The zoo's card folder: `override`, `RBZOO_CARDS`, a checkout's `cards/`, or `$RBZOO_HOME/cards`."""
+    if override:
+        return Path(override).expanduser()
+    if os.environ.get("RBZOO_CARDS"):
+        return Path(os.environ["RBZOO_CARDS"]).expanduser()
+    return checkout_cards_dir() or rbzoo_home() / "cards"

@@ -1,0 +1,248 @@
+"""Build the ImageNet100 subset (method.md §8) from an ImageNet (ILSVRC2012) folder tree.
+
+The class list is Continuum's ImageNet100 as used by Douillard et al. (PODNet), whose file lists
+`train_100.txt` / `val_100.txt` hold lines `<split>/<wnid>/<file> <label>`. Its 100 WNIDs are the
+first 100 ILSVRC2012 synsets in sorted order (n01440764 … n01855672), 50 validation images each.
+rbzoo ships them in `imagenet100_classes.txt`, pinned by SHA-256 and verified on every use.
+Training labels come from `ImageFolder` (sorted WNIDs), so the label column is never needed.
+
+The result is `OUT/imagenet100/{train,val}/<wnid>/<file>`, what `rbzoo.data.get_dataset(
+"imagenet100", …, data_dir=OUT)` reads. Files are copied (or hard/sym-linked) one by one,
+atomically (temporary name, then rename), so an interrupted build resumes where it stopped and
+never leaves a truncated image behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .._io import atomic_path, write_json
+from ..errors import DataError
+
+CLASSES_FILE = Path(__file__).with_name("imagenet100_classes.txt")
+# SHA-256 of imagenet100_classes.txt (100 sorted WNIDs, one per line, trailing newline).
+CLASSES_SHA256 = "b332dbd149be58bd06982a583959d80f93d796938a70c0db0146a9e4fc9d661f"
+VAL_PER_CLASS = 50  # every ILSVRC2012 class has exactly 50 validation images
+SPLITS = ("train", "val")
+LINK_MODES = ("copy", "hard", "sym")
+_WNID = re.compile(r"^n\d{8}$")
+_IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+VALPREP_HINT = ("put val/ in per-class folders first (val/<wnid>/ILSVRC2012_val_*.JPEG), e.g. with "
+                "https://raw.githubusercontent.com/soumith/imagenetloader.torch/master/valprep.sh")
+
+
+def class_list(path: str | os.PathLike | None = None) -> list[str]:
+    """The ImageNet100 WNIDs, sorted.
+
+    Without `path`: the shipped list, verified against CLASSES_SHA256. With `path`: a custom list
+    (one WNID per line; blank lines and `#` comments ignored), checked for format and duplicates.
+    """
+    p = Path(path) if path is not None else CLASSES_FILE
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read class list {p}: {e.strerror or e}") from None
+    if path is None and hashlib.sha256(data).hexdigest() != CLASSES_SHA256:
+        raise DataError(f"{p} does not match its pinned SHA-256 {CLASSES_SHA256[:16]}…: the installed class list is corrupted")
+    wnids = [ln.split("#", 1)[0].strip() for ln in data.decode("utf-8", "replace").splitlines()]
+    wnids = [w for w in wnids if w]
+    bad = [w for w in wnids if not _WNID.match(w)]
+    if bad:
+        raise DataError(f"{p}: not a WNID (nXXXXXXXX): {bad[0]!r}")
+    if len(set(wnids)) != len(wnids):
+        raise DataError(f"{p}: duplicate WNIDs")
+    if not wnids:
+        raise DataError(f"{p}: empty class list")
+    return sorted(wnids)
+
+
+@dataclass
+class BuildResult:
+    """What `build_imagenet100` did: per-split per-class counts and what it skipped or wrote."""
+
+    out: Path
+    classes: list[str]
+    counts: dict[str, dict[str, int]]
+    written: int = 0
+    skipped: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(sum(c.values()) for c in self.counts.values())
+
+
+def find_imagenet_root(root: str | os.PathLike) -> Path:
+    """The folder holding train/ and val/: `root` itself or the Kaggle layout's ILSVRC/Data/CLS-LOC."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"ImageNet root {root} does not exist or is not a folder")
+    for cand in (root, root / "ILSVRC" / "Data" / "CLS-LOC"):
+        if (cand / "train").is_dir() and (cand / "val").is_dir():
+            return cand
+    raise DataError(f"{root} is not an ImageNet root: expected train/<wnid>/*.JPEG and val/<wnid>/*.JPEG folders")
+
+
+def _images(folder: Path) -> list[str]:
+    with os.scandir(folder) as it:
+        return sorted(e.name for e in it if e.is_file() and e.name.lower().endswith(_IMAGE_SUFFIXES)
+                      and not e.name.startswith("."))
+
+
+def plan(root: Path, classes: list[str]) -> dict[str, dict[str, list[str]]]:
+    """File names per split and class in the source tree; checks the layout first."""
+    val = root / "val"
+    if not any((val / w).is_dir() for w in classes):
+        with os.scandir(val) as it:
+            flat = any(e.is_file() and e.name.startswith("ILSVRC2012_val_") for e in it)
+        if flat:
+            raise DataError(f"{val} is the flat ILSVRC2012 layout: {VALPREP_HINT}")
+    out: dict[str, dict[str, list[str]]] = {}
+    for split in SPLITS:
+        missing = [w for w in classes if not (root / split / w).is_dir()]
+        if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise DataError(f"{root / split} lacks {len(missing)} of the {len(classes)} ImageNet100 classes "
+                            f"({', '.join(missing[:3])}{more})")
+        out[split] = {w: _images(root / split / w) for w in classes}
+        empty = [w for w, files in out[split].items() if not files]
+        if empty:
+            raise DataError(f"{root / split / empty[0]} has no images ({len(empty)} empty class folders in {split}/)")
+    return out
+
+
+def _complete(src: Path, dst: Path, mode: str) -> bool:
+    """True if `dst` already holds `src` (a previous, possibly interrupted, run wrote it)."""
+    try:
+        if mode == "sym":
+            return dst.is_symlink() and os.readlink(dst) == str(src)
+        st = dst.lstat()
+        if mode == "hard":
+            return os.path.samefile(src, dst)
+        return not dst.is_symlink() and st.st_size == src.stat().st_size
+    except OSError:
+        return False
+
+
+def _place(src: Path, dst: Path, mode: str) -> bool:
+    """Copy or link src to dst atomically; False if dst was already complete."""
+    if _complete(src, dst, mode):
+        return False
+    if mode == "copy":
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)
+        return True
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        if mode == "hard":
+            os.link(src, tmp)
+        else:
+            os.symlink(src, tmp)
+        os.replace(tmp, dst)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        hint = " (hard links need source and destination on one filesystem; try --link sym or a copy)" if mode == "hard" else ""
+        raise DataError(f"cannot link {src} → {dst}: {e.strerror or e}{hint}") from None
+    return True
+
+
+def _clean_temporaries(folder: Path) -> None:
+    """Remove temporaries an interrupted run left (atomic_path's `.name.*.tmp`)."""
+    with os.scandir(folder) as it:
+        for e in it:
+            if e.name.startswith(".") and e.name.endswith(".tmp"):
+                Path(e.path).unlink(missing_ok=True)
+
+
+def build_imagenet100(
+    imagenet: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    link: str = "copy",
+    classes: str | os.PathLike | None = None,
+    workers: int = 8,
+    progress: Callable[[int, int], None] | None = None,
+) -> BuildResult:
+    """Create OUT/imagenet100/{train,val}/<wnid>/ from the ImageNet root `imagenet`.
+
+    `link` is "copy" (default), "hard" or "sym" (absolute symlinks). `classes` overrides the
+    shipped class list. Resumable: files already in place are skipped. `progress(done, total)` is
+    called as files are processed. The finished tree is verified (exactly the listed classes,
+    every file present) and described in OUT/imagenet100/manifest.json.
+    """
+    if link not in LINK_MODES:
+        raise DataError(f"unknown link mode {link!r} ({', '.join(LINK_MODES)})")
+    wnids = class_list(classes)
+    root = find_imagenet_root(imagenet).resolve()
+    files = plan(root, wnids)
+    dest = Path(out).expanduser() / "imagenet100"
+    if dest.resolve() == root or root in dest.resolve().parents:
+        raise DataError(f"output {dest} is inside the ImageNet root {root}")
+    jobs = []
+    for split in SPLITS:
+        for w in wnids:
+            d = dest / split / w
+            d.mkdir(parents=True, exist_ok=True)
+            _clean_temporaries(d)
+            jobs += [(root / split / w / name, d / name) for name in files[split][w]]
+    result = BuildResult(dest, wnids, {s: {w: len(files[s][w]) for w in wnids} for s in SPLITS})
+    done = 0
+    # Copying is I/O bound: threads overlap reads and writes. map() keeps order; on the first
+    # failure (or Ctrl-C) the queued jobs are cancelled instead of each failing in turn.
+    pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    try:
+        for wrote in pool.map(lambda job: _place(job[0], job[1], link), jobs):
+            result.written += wrote
+            result.skipped += not wrote
+            done += 1
+            if progress is not None and (done % 256 == 0 or done == len(jobs)):
+                progress(done, len(jobs))
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    verify(dest, wnids, result.counts)
+    short = [w for w, n in result.counts["val"].items() if n != VAL_PER_CLASS]
+    if short:
+        result.warnings.append(f"{len(short)} classes do not have the {VAL_PER_CLASS} ILSVRC2012 validation images "
+                               f"(e.g. {short[0]}: {result.counts['val'][short[0]]}); is the ImageNet copy complete?")
+    write_json(dest / "manifest.json", {
+        "rbzoo_imagenet100": 1,
+        "classes_sha256": hashlib.sha256("".join(w + "\n" for w in wnids).encode()).hexdigest(),
+        "shipped_class_list": classes is None,
+        "source": str(root),
+        "link": link,
+        "counts": {s: sum(c.values()) for s, c in result.counts.items()},
+        "per_class": result.counts,
+    })
+    return result
+
+
+def verify(dest: str | os.PathLike, classes: list[str], counts: dict[str, dict[str, int]] | None = None) -> None:
+    """Check OUT/imagenet100: each split has exactly `classes` as folders (what ImageFolder will
+    see) and, if given, the expected number of images per class."""
+    dest = Path(dest)
+    for split in SPLITS:
+        folder = dest / split
+        if not folder.is_dir():
+            raise DataError(f"{folder} is missing")
+        present = sorted(e.name for e in os.scandir(folder) if e.is_dir())
+        if present != sorted(classes):
+            extra = sorted(set(present) - set(classes))
+            missing = sorted(set(classes) - set(present))
+            raise DataError(f"{folder} has {len(present)} class folders, expected the {len(classes)} ImageNet100 classes"
+                            + (f"; unexpected: {', '.join(extra[:3])}" if extra else "")
+                            + (f"; missing: {', '.join(missing[:3])}" if missing else ""))
+        if counts is not None:
+            for w in classes:
+                n = len(_images(folder / w))
+                if n != counts[split][w]:
+                    raise DataError(f"{folder / w} holds {n} images, expected {counts[split][w]}")
