@@ -123,6 +123,11 @@ def header(title: str, threads: int) -> None:
     print(f"# busy factor (wall/cpu of a spin loop): {busy:.2f}{note}")
 
 
+def busy_note() -> None:
+    """Print the busy factor again: other load may have started during a long benchmark."""
+    print(f"# busy factor now: {busy_factor():.2f}")
+
+
 def report(name: str, seconds: list[float], ref: list[float] | None = None, target: float | None = None) -> float | None:
     """Print one line: median time (and spread), and the ratio of medians against `ref`."""
     med = median(seconds)
@@ -130,7 +135,7 @@ def report(name: str, seconds: list[float], ref: list[float] | None = None, targ
     ratio = None
     if ref is not None:
         ratio = med / median(ref)
-        line += f"  ratio {ratio:.3f}x"
+        line += f"  ratio {ratio:.3f}x (of minima {min(seconds) / min(ref):.3f}x)"
         if target is not None:
             line += f"  target <= {target:.2f}x  {'OK' if ratio <= target else 'OVER'}"
     print(line)

@@ -13,7 +13,9 @@ against a reference run in the same process:
 3. eval: forward of the folded checkpoint (`rbzoo.load`) versus the dense twin in eval mode
    under inference mode, same batch. Target <= 1.02x.
 
-    python bench/bench_foundation.py [--threads N] [--reps R] [--batch B] [--only load,train,eval]
+    python bench/bench_foundation.py [--threads N] [--reps R] [--batch B] [--only load,train,eval] [--clock wall|cpu]
+
+On a shared machine use `--threads 1 --clock cpu` (see bench/README.md).
 """
 
 from __future__ import annotations
@@ -24,12 +26,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import dense_twin, header, interleaved, median, report, set_clock, set_threads, timed
+from _common import busy_note, dense_twin, header, interleaved, median, report, set_clock, set_threads, timed
 from safetensors.torch import load_file, save_file
 
 import rbzoo
 import rbzoo.layers as L
-from rbzoo.checkpoint import _rest_state
 from rbzoo.models._registry import create_model_from_arch, fold
 
 ARCH = dict(keep=0.01, p=0.1, end_with_bn=True, seed=1234)
@@ -51,7 +52,7 @@ def bench_load(model: torch.nn.Module, tmp: Path, reps: int) -> None:
     rbzoo.save(model, path)
     # Reference: the same network as a plain dense float32 file, loaded into the same module tree.
     dense_path = tmp / "rn34-dense.safetensors"
-    folded = fold(rbzoo.load(path))
+    folded = rbzoo.load(path)  # eval-ready, every masked layer already a dense nn.Conv2d
     save_file({k: v.contiguous() for k, v in folded.state_dict().items()}, str(dense_path))
     arch = model.arch
 
@@ -167,10 +168,13 @@ def main() -> None:
         tmp = Path(d)
         if "load" in which:
             bench_load(model, tmp, args.reps)
+            busy_note()
         if "train" in which:
             bench_train(model, args.batch, args.reps)
+            busy_note()
         if "eval" in which:
             bench_eval(model, tmp, args.batch, args.reps)
+            busy_note()
 
 
 if __name__ == "__main__":

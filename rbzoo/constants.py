@@ -80,4 +80,16 @@ def cards_dir(override: str | os.PathLike | None = None) -> Path:
         return Path(override).expanduser()
     if os.environ.get("RBZOO_CARDS"):
         return Path(os.environ["RBZOO_CARDS"]).expanduser()
-    return checkout_cards_dir() or rbzoo_home() / "cards"
+    return checkout_cards_dir() or _user_cards_dir()
+
+
+def _user_cards_dir() -> Path:
+    """`$RBZOO_HOME/cards`, seeded on first use with the cards shipped inside the package."""
+    folder = rbzoo_home() / "cards"
+    shipped = Path(__file__).resolve().parent / "zoo_cards"
+    if not folder.exists() and shipped.is_dir():
+        from ._io import write_bytes
+
+        for card in sorted(shipped.glob("*.md")):
+            write_bytes(folder / card.name, card.read_bytes())
+    return folder

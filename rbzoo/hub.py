@@ -90,7 +90,7 @@ class PullResult:
 class ZooEntry:
     card: Card
     path: Path
-    status: str  # "verified" | "unverified" | "downloaded" | "not pulled" | "not published"
+    status: str  # "verified" | "unverified" | "downloaded" | "not pulled" | "import from source" | "import: --source FILE"
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -541,10 +541,6 @@ def _fetch_hub(s: Spec, endpoint: str | None, token: str | None) -> _Fetched:
     endpoint, token, offline, cache = hf_endpoint(endpoint), hf_token(token), hf_offline(), str(hf_cache_dir())
     if s.kind == "card":
         local = s.card
-        if local.repo_id is None:
-            src = f"download the official file from {local.rb['source_url']} and " if local.rb["source_url"] else ""
-            raise HubError(f"zoo entry {local.name} is not published on the Hub yet (its card has no repo_id): "
-                           f"{src}convert it with `rbzoo convert`")
         repo, rev = local.repo_id, local.revision or "main"
     else:
         local, repo, rev = None, s.repo_id, s.revision or "main"
@@ -601,6 +597,21 @@ def _fetch_hub(s: Spec, endpoint: str | None, token: str | None) -> _Fetched:
         except (OSError, ValueError):
             results = None  # the card is authoritative; results only name disagreeing samples
     return _Fetched(card, path, results, repo, commit, server_sha, lambda: _purge_cached(path), spec=s.text)
+
+
+def _fetch_import(s: Spec, source: str | Path | None) -> _Fetched:
+    """An imported zoo entry not published on the Hub: fetch the authors' file and convert it.
+
+    The converted file is produced here, by `rbzoo convert`, from a source whose SHA-256 is
+    checked against the card (or recorded on first download); its own SHA-256 is therefore the
+    local reference. What proves it right is the exact clean-accuracy check that follows.
+    """
+    from .convert import import_zoo_entry
+
+    card = s.card
+    path = import_zoo_entry(card.meta, source, cache_dir=rbzoo_home() / "imports", progress=True)
+    sha, _ = sha256_file(path)
+    return _Fetched(card, Path(path), None, None, None, sha, spec=s.text)
 
 
 def _mismatch(card: Card, clean, results: dict | None, label: str) -> str:
@@ -702,10 +713,12 @@ def _now() -> str:
 
 def pull(spec: str, *, data_dir: str | Path | None = None, verify: bool = True, endpoint: str | None = None,
          token: str | None = None, cards_dir: str | Path | None = None, device: str = "cpu",
-         progress: Progress | None = None) -> PullResult:
+         progress: Progress | None = None, source: str | Path | None = None) -> PullResult:
     """Download a zoo model (card name, `org/name[@rev]`, or a `--to` folder) and verify it exactly.
 
-    Checks the file's SHA-256 against the card (and the server), loads it strictly, and unless
+    Imported entries whose card has no repo_id are fetched from the card's `source_url` (or the
+    local official file `source`) and converted first. Checks the file's SHA-256 against the card
+    (and the server), loads it strictly, and unless
     `verify=False` re-evaluates the clean accuracy on `data_dir`'s test split and compares the
     correct count and prediction digest with the card. Raises VerificationError on any mismatch.
     """
@@ -713,7 +726,14 @@ def pull(spec: str, *, data_dir: str | Path | None = None, verify: bool = True, 
     if s is None:
         raise HubError(f"{spec!r} is not a zoo name (see `rbzoo pull --list`; cards in "
                        f"{default_cards_dir(cards_dir)}), a Hub repo id org/name[@revision], or a folder")
-    fetched = _fetch_folder(s) if s.kind == "folder" else _fetch_hub(s, endpoint, token)
+    if source is not None and not (s.kind == "card" and s.card.repo_id is None):
+        raise ConfigError("--source is only for imported zoo entries that are not on the Hub (see `rbzoo pull --list`)")
+    if s.kind == "folder":
+        fetched = _fetch_folder(s)
+    elif s.kind == "card" and s.card.repo_id is None:  # an imported entry: convert the authors' file
+        fetched = _fetch_import(s, source)
+    else:
+        fetched = _fetch_hub(s, endpoint, token)
     return _check(fetched, verify=verify, data_dir=data_dir, device=device, progress=progress)
 
 
@@ -731,7 +751,7 @@ def resolve_remote(spec: str) -> Path | None:
     s = parse_spec(spec)
     if s is None or s.kind == "folder":
         return None
-    f = _fetch_hub(s, None, None)
+    f = _fetch_import(s, None) if s.kind == "card" and s.card.repo_id is None else _fetch_hub(s, None, None)
     r = _check(f, verify=False, data_dir=None, device="cpu", progress=None)
     rec = registry_entries().get(_key(r.repo_id, r.revision, r.sha256))
     if rec and rec.get("status") == "unverified":
@@ -753,8 +773,10 @@ def list_zoo(cards_dir: str | Path | None = None) -> list[ZooEntry]:
         card = load_card(path)
         if card.name != path.stem:
             raise HubError(f"{path}: rbzoo.name is {card.name!r}, not the file's name {path.stem!r}")
-        if card.repo_id is None:
-            status = "not published"
+        if card.repo_id is None:  # imported entry: pull converts the authors' file
+            recs = [r for r in entries.values() if r.get("name") == card.name and r.get("repo_id") is None]
+            status = next((r["status"] for r in recs if r.get("status") in ("verified", "unverified")), None) or (
+                "import from source" if card.rb["source_url"] else "import: --source FILE")
         else:
             recs = [r for k, r in entries.items()
                     if r.get("repo_id") == card.repo_id and r.get("sha256") == card.rb["checkpoint_sha256"]

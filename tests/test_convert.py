@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import json
 import pickle
 import sys
 import types
@@ -553,3 +554,59 @@ def test_the_nine_cards():
             assert needle in body, (name, needle)
     assert len(urls) == 9
     assert "resid=BDAB630C72C069ED%2148431&authkey=AMvdxFxlNZ38r8A" in _front_matter(CARDS / "rn34-cifar10-pgd.md")["rbzoo"]["source_url"]
+
+
+# ------------------------------------------------------------------- rbzoo pull of an imported entry
+
+def _zoo_card(cards: Path, url, correct: int, name="tiny-import") -> Path:
+    from rbzoo.cards import build_card
+
+    arch = rbzoo.create_model("tiny_resnet", end_with_bn=True, materialize=False).arch
+    rb = {"name": name, "repo_id": None, "revision": None, "checkpoint": "model.safetensors",
+          "checkpoint_sha256": None, "checkpoint_bytes": None, "float32_bytes": 100_000, "arch": arch,
+          "keep": 0.2, "p": 0.5, "score_init_scale": 0.01, "objective": "pgd", "dataset": "cifar10",
+          "eps": 8 / 255, "expected": {"n_examples": 50, "clean_correct": correct, "predictions_sha256": None,
+                                       "data_sha256": None},
+          "source_url": url, "source_sha256": None, "claimed": {"clean_acc": correct * 2.0, "robust_acc": None}}
+    cards.mkdir(exist_ok=True)
+    path = cards / f"{name}.md"
+    path.write_text(build_card(rb).render())
+    return path
+
+
+def test_pull_of_an_imported_entry_downloads_converts_and_verifies(tiny, tmp_path, cifar10_root, monkeypatch, capsys):
+    """`rbzoo pull NAME` for a card with no Hub repo: fetch the authors' file, convert, check the count."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_fetch import FileServer
+
+    from rbzoo.data import get_dataset
+    from rbzoo.evaluate import clean_accuracy
+
+    monkeypatch.setenv("RBZOO_HOME", str(tmp_path / "home"))
+    _, src = tiny
+    correct = clean_accuracy(rbzoo.load(import_zoo_entry(_card(), src, cache_dir=tmp_path / "probe")),
+                             get_dataset("cifar10", "test", cifar10_root)).clean_correct
+    cards = tmp_path / "cards"
+    with FileServer(src.read_bytes()) as srv:
+        _zoo_card(cards, srv.url, correct)
+        args = ["pull", "tiny-import", "--cards-dir", str(cards), "--data-dir", str(cifar10_root)]
+        assert main(args) == 0
+        out = " ".join(capsys.readouterr().out.split())
+        assert f"verified: {correct}/50" in out
+        assert main(args) == 0  # recorded: instant the second time
+        assert "verified earlier" in " ".join(capsys.readouterr().out.split())
+        # `rbzoo eval NAME` resolves the imported entry too
+        monkeypatch.setenv("RBZOO_CARDS", str(cards))
+        assert main(["eval", "tiny-import", "--clean-only", "--data-dir", str(cifar10_root),
+                     "--out", str(tmp_path / "r.json")]) == 0
+        assert json.loads((tmp_path / "r.json").read_text())["clean_correct"] == correct
+        capsys.readouterr()
+    # A card claiming another count: the pull fails (exit 3) and says by how much.
+    _zoo_card(cards, None, correct + 1, name="tiny-wrong")
+    assert main(["pull", "tiny-wrong", "--cards-dir", str(cards), "--data-dir", str(cifar10_root),
+                 "--source", str(src)]) == 3
+    err = capsys.readouterr().err
+    assert f"{correct}/50 correct, the card says {correct + 1}/50" in err and err.count("\n") == 1
+    # No URL and no --source: a one-line error saying what to do.
+    assert main(["pull", "tiny-wrong", "--cards-dir", str(cards), "--data-dir", str(cifar10_root)]) == 2
+    assert "--source FILE" in capsys.readouterr().err

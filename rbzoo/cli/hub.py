@@ -109,6 +109,7 @@ def pull(
     list_zoo: Annotated[bool, typer.Option("--list", help="Show the zoo (every card) as a table.")] = False,
     cards_dir: Annotated[Optional[Path], _CARDS] = None,
     device: Annotated[str, typer.Option("--device", help="Device for the verification.")] = "cpu",
+    source: Annotated[Optional[Path], typer.Option("--source", help="Imported entries only: a local copy of the authors' official .pth file (instead of downloading it).")] = None,
 ) -> None:
     """Download a zoo model and verify it exactly: SHA-256, strict load, clean accuracy sample by sample.
 
@@ -121,7 +122,7 @@ def pull(
     if spec is None:
         raise ConfigError("give NAME, REPO_ID[@REV] or DIR to pull, or --list to see the zoo")
     with _Bars() as bars:
-        r = hub.pull(spec, data_dir=data_dir, verify=not no_verify, endpoint=endpoint, token=token,
+        r = hub.pull(spec, data_dir=data_dir, verify=not no_verify, endpoint=endpoint, token=token, source=source,
                      cards_dir=cards_dir, device=device, progress=bars)
     card = r.card
     f32 = card.rb["float32_bytes"]
