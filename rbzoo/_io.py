@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -34,6 +35,16 @@ def atomic_path(path: str | os.PathLike):
         except FileNotFoundError:
             pass
         raise
+
+
+def file_sha256(path: str | os.PathLike, algorithm: str = "sha256") -> tuple[str, int]:
+    """(hex digest, size in bytes) of a file, read in 1 MiB chunks."""
+    h, n = hashlib.new(algorithm), 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+            n += len(chunk)
+    return h.hexdigest(), n
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -14,7 +14,6 @@ same logits, bit for bit, as an independent functional forward pass over the off
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import math
 import pickle
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._io import atomic_path
+from ._io import atomic_path, file_sha256
 from .checkpoint import load as load_checkpoint
 from .checkpoint import save as save_checkpoint
 from .data import dataset_metadata, get_spec
@@ -148,13 +147,6 @@ def _first_line(text: str) -> str:
     return line[:200]
 
 
-def file_sha256(path: str | Path) -> tuple[str, int]:
-    h, n = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-            n += len(chunk)
-    return h.hexdigest(), n
 
 
 # ------------------------------------------------------------------------------------- strict mapping

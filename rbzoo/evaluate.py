@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ._io import write_json
+from ._io import file_sha256, write_json
 from .errors import ConfigError, DataError
 
 NUMERICS_PROFILE = "rbzoo-pinned-v1: eval mode, folded weights, float32, TF32 off, deterministic algorithms, cuDNN benchmark off, fixed order"
@@ -218,11 +218,7 @@ def describe_device(device: torch.device) -> str:
 
 
 def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(path)[0]
 
 
 def checkpoint_dataset(ckpt) -> str | None:

@@ -10,7 +10,6 @@ error naming both hashes, and the earlier file is kept.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import requests
 
-from ._io import write_json
+from ._io import file_sha256, write_json
 from .errors import HubError, VerificationError
 
 REGISTRY_NAME = "downloads.json"
@@ -45,12 +44,8 @@ class _Interrupted(Exception):
 
 
 def sha256_file(path: str | Path) -> tuple[str, int]:
-    h, n = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            h.update(chunk)
-            n += len(chunk)
-    return h.hexdigest(), n
+    """(SHA-256 hex digest, size) of a file."""
+    return file_sha256(path)
 
 
 def _read_json(path: Path) -> dict:

@@ -11,7 +11,6 @@ number of trials are recorded in the output.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from ._io import file_sha256
 from .checkpoint import Checkpoint, LayerRecord, read
 from .errors import CheckpointError, ConfigError, DataError
 from .layers import kept_count
@@ -485,11 +485,7 @@ def card_point(path: str | os.PathLike) -> dict:
 
 
 def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_sha256(path)[0]
 
 
 def results_point(path: str | os.PathLike, cards: Sequence[dict] = ()) -> dict:

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from ._io import file_sha256 as sha256_file
 from ._io import write_bytes, write_json, write_text
 from .cards import HEX40, HEX64, NAME_RE, OBJECTIVES, REPO_RE, Card, build_card, load_card
 from .checkpoint import Checkpoint, build, read
@@ -95,13 +96,6 @@ class ZooEntry:
 
 # ------------------------------------------------------------------------------------------ helpers
 
-def sha256_file(path: str | Path) -> tuple[str, int]:
-    h, n = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-            n += len(chunk)
-    return h.hexdigest(), n
 
 
 def encode_predictions(predictions) -> str:

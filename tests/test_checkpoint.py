@@ -2,7 +2,6 @@ import json
 import math
 import random
 
-import numpy as np
 import pytest
 import torch
 from safetensors import safe_open

@@ -28,7 +28,6 @@ import pytest
 import huggingface_hub.constants as hf_constants
 from huggingface_hub import (
     CommitOperationAdd,
-    CommitOperationDelete,
     HfApi,
     get_hf_file_metadata,
     hf_hub_download,

@@ -9,7 +9,6 @@ arrays, lists, dicts and strings, so a hostile file cannot execute code.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 from torchvision import datasets as tvd
 from torchvision import transforms as T
 
+from .._io import file_sha256
 from ..errors import DataError
 from ..layers import NORMALIZATION
 
@@ -84,11 +84,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_sha256(path, "md5")[0]
 
 
 def _check_pickle_safe(path: Path) -> None:
