@@ -54,3 +54,12 @@ def test_console_script_errors(tmp_path):
     r = subprocess.run([sys.executable, "-m", "rbzoo", "export", str(tmp_path / "missing"), str(tmp_path / "o")], capture_output=True, text=True)
     assert r.returncode == 2 and "no such checkpoint" in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_version_and_help(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"rbzoo {rbzoo.__version__}"
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("train", "eval", "push", "pull", "convert", "plot", "info", "export", "data"):
+        assert command in out

@@ -27,6 +27,22 @@ console = Console(width=_WIDTH)
 err_console = Console(stderr=True, width=_WIDTH)
 
 
+
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        console.print(f"rbzoo {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Robust binary subnetworks: train, evaluate, and share seed+mask checkpoints."""
+
+
 def _register_commands() -> None:
     """Import every module of this package; each registers its commands on `app`."""
     import importlib
