@@ -23,7 +23,6 @@ synchronization.
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import tempfile
 import time
@@ -33,24 +32,13 @@ import torch
 import torch.nn as nn
 
 import rbzoo
+from _common import dense_twin
 from rbzoo.evaluate import pinned_numerics
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def dense_twin(folded: nn.Module, seed: int = 0) -> nn.Module:
-    """The same module tree with dense random ±1/√fan-in weights in every convolution."""
-    twin = copy.deepcopy(folded)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in twin.modules():
-            if isinstance(m, nn.Conv2d):
-                w = torch.randn(m.weight.shape, generator=g).sign() / m.weight[0].numel() ** 0.5
-                m.weight.copy_(w.to(m.weight.device))
-    return twin
 
 
 CLOCK = time.perf_counter
@@ -98,7 +86,7 @@ def main() -> None:
         path = Path(tmp) / "rn34.safetensors"
         rbzoo.save(trainable, path)
         folded = rbzoo.load(path, device=device)
-    dense = dense_twin(folded).to(device).eval()
+    dense = dense_twin(trainable, requires_grad=False).to(device).eval()
     trainable = trainable.to(device).requires_grad_(False)
     g = torch.Generator().manual_seed(0)
     x = torch.rand(bs, 3, 32, 32, generator=g).to(device)

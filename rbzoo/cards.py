@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import HubError
+from .errors import HubError, RbzooError
 
 TAGS = ["rbzoo", "adversarial-robustness", "binary-neural-networks", "pruning", "autoattack"]
 OBJECTIVES = ("pgd", "fast", "trades", "fgsm_rs")
@@ -296,25 +296,31 @@ def validate_card(meta, source: str = "card") -> None:
 
 # ------------------------------------------------------------------------------------- parse / render
 
-def parse_card(text: str, source: str = "card") -> Card:
-    """Split YAML front matter from the body, `yaml.safe_load` it, and validate it."""
-    if len(text) > MAX_CARD_BYTES:
-        raise HubError(f"{source}: invalid model card: larger than {MAX_CARD_BYTES} bytes")
+def split_front_matter(text: str, source: str = "card", error: type[RbzooError] = HubError) -> tuple[object, str]:
+    """(the `yaml.safe_load`ed front matter, the markdown body) of a card; `error` on malformed text."""
     lines = text.lstrip("\ufeff").splitlines(keepends=True)
     if not lines or lines[0].strip() != "---":
-        raise HubError(f"{source}: invalid model card: no YAML front matter (the first line must be '---')")
+        raise error(f"{source}: invalid model card: no YAML front matter (the first line must be '---')")
     end = next((i for i in range(1, len(lines)) if lines[i].strip() == "---"), None)
     if end is None:
-        raise HubError(f"{source}: invalid model card: the YAML front matter is not closed by a '---' line")
+        raise error(f"{source}: invalid model card: the YAML front matter is not closed by a '---' line")
     try:
         meta = yaml.safe_load("".join(lines[1:end]))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 2})" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise HubError(f"{source}: invalid model card: front matter is not valid YAML{where}: {problem}") from None
+        raise error(f"{source}: invalid model card: front matter is not valid YAML{where}: {problem}") from None
+    return meta, "".join(lines[end + 1:])
+
+
+def parse_card(text: str, source: str = "card") -> Card:
+    """Split YAML front matter from the body, `yaml.safe_load` it, and validate it."""
+    if len(text) > MAX_CARD_BYTES:
+        raise HubError(f"{source}: invalid model card: larger than {MAX_CARD_BYTES} bytes")
+    meta, body = split_front_matter(text, source)
     validate_card(meta, source)
-    return Card(meta, "".join(lines[end + 1:]))
+    return Card(meta, body)
 
 
 def load_card(path: str | Path) -> Card:

@@ -34,10 +34,16 @@ class DistContext:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """"auto" → cuda:LOCAL_RANK when CUDA is available, else cpu; explicit names are checked."""
+    """"auto" → cuda:LOCAL_RANK when CUDA is available, else cpu; explicit names are checked.
+
+    A bare "cuda" under torchrun means this process's GPU, cuda:LOCAL_RANK.
+    """
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r} (cpu, cuda, cuda:N, auto)") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"device {name} requested but CUDA is not available")

@@ -31,6 +31,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ._io import file_sha256, write_json
+from .distributed import resolve_device
 from .errors import ConfigError, DataError
 
 NUMERICS_PROFILE = "rbzoo-pinned-v1: eval mode, folded weights, float32, TF32 off, deterministic algorithms, cuDNN benchmark off, fixed order"
@@ -193,32 +194,10 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """"auto" → cuda if available else cpu; a bare "cuda" under torchrun → cuda:LOCAL_RANK."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {device!r}") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {device} requested but CUDA is not available")
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank)
-    elif dev.type != "cpu":
-        raise ConfigError(f"device {device!r} is not supported (cpu, cuda, cuda:N, auto)")
-    return dev
-
-
 def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def _file_sha256(path: Path) -> str:
-    return file_sha256(path)[0]
 
 
 def checkpoint_dataset(ckpt) -> str | None:
@@ -350,7 +329,7 @@ def run_eval(config: EvalConfig, *, progress: Callable[[str, int, int], None] | 
     results = {
         "rbzoo_results": 1,
         "model_digest": ckpt.digest,
-        "model": {"path": str(path), "arch": ckpt.arch.get("id"), "file_sha256": _file_sha256(path)},
+        "model": {"path": str(path), "arch": ckpt.arch.get("id"), "file_sha256": file_sha256(path)[0]},
         "dataset": name,
         "split": config.split,
         "n_examples": n,

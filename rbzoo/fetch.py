@@ -21,7 +21,8 @@ from pathlib import Path
 
 import requests
 
-from ._io import file_sha256, write_json
+from ._io import file_sha256 as sha256_file  # (hex digest, size); part of this module's API
+from ._io import write_json
 from .errors import HubError, VerificationError
 
 REGISTRY_NAME = "downloads.json"
@@ -41,11 +42,6 @@ class FetchResult:
 
 class _Interrupted(Exception):
     """The transfer stopped early; what arrived is in the .part file."""
-
-
-def sha256_file(path: str | Path) -> tuple[str, int]:
-    """(SHA-256 hex digest, size) of a file."""
-    return file_sha256(path)
 
 
 def _read_json(path: Path) -> dict:

@@ -18,9 +18,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from ._io import file_sha256
+from .cards import split_front_matter
 from .checkpoint import Checkpoint, LayerRecord, read
 from .errors import CheckpointError, ConfigError, DataError
 from .layers import kept_count
@@ -433,17 +433,8 @@ def read_card(path: str | os.PathLike) -> dict:
         text = p.read_bytes().decode("utf-8")
     except UnicodeDecodeError:
         raise DataError(f"{path}: not a model card (binary content)") from None
-    lines = text.lstrip("\ufeff").splitlines()
-    if not lines or lines[0].strip() != "---":
-        raise DataError(f"{path}: not a model card (no YAML front matter)")
-    try:
-        end = next(i for i in range(1, len(lines)) if lines[i].strip() == "---")
-    except StopIteration:
-        raise DataError(f"{path}: model card front matter is not closed by ---") from None
-    try:
-        meta = yaml.safe_load("\n".join(lines[1:end]))
-    except yaml.YAMLError as e:
-        raise DataError(f"{path}: bad YAML front matter ({str(e).splitlines()[0]})") from None
+    # The lenient reader: any card with an rbzoo block plots, without the Hub schema's checks.
+    meta, _ = split_front_matter(text, str(path), error=DataError)
     if not isinstance(meta, dict) or not isinstance(meta.get("rbzoo"), dict):
         raise DataError(f"{path}: not an rbzoo model card (no `rbzoo:` section)")
     return meta
@@ -484,10 +475,6 @@ def card_point(path: str | os.PathLike) -> dict:
     }
 
 
-def _sha256_file(path: Path) -> str:
-    return file_sha256(path)[0]
-
-
 def results_point(path: str | os.PathLike, cards: Sequence[dict] = ()) -> dict:
     """A zoo point from a results JSON (accuracies converted to percent).
 
@@ -503,7 +490,7 @@ def results_point(path: str | os.PathLike, cards: Sequence[dict] = ()) -> dict:
     size_source = None
     candidates = [Path(mpath), Path(path).parent / mpath] if mpath else []
     for cand in candidates:
-        if cand.is_file() and (not sha or _sha256_file(cand) == sha):
+        if cand.is_file() and (not sha or file_sha256(cand)[0] == sha):
             size, size_source = cand.stat().st_size, "file"
             try:
                 f32 = float32_bytes(read(cand))

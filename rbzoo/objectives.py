@@ -13,7 +13,6 @@ forwards; ``paper_compat=True`` lets them update, as the official code does.
 
 from __future__ import annotations
 
-import hashlib
 from contextlib import contextmanager
 
 import torch
@@ -23,12 +22,7 @@ import torch.nn.functional as F
 from . import distributed
 from .attacks import fgsm_rs, pgd, trades_kl
 from .config import TrainConfig
-
-
-def derive_seed(*parts) -> int:
-    """A 63-bit seed from any tuple of values (run seed, epoch, rank, purpose...)."""
-    digest = hashlib.sha256("\0".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+from .pruning import derive_seed
 
 
 @contextmanager

@@ -54,14 +54,15 @@ def set_model_keep(model: nn.Module, keep: float, p: float) -> list[float]:
     return ks
 
 
-def _derived_seed(tag: str, seed: int, name: str) -> int:
-    digest = hashlib.sha256(f"{tag}\0{seed}\0{name}".encode()).digest()
+def derive_seed(*parts) -> int:
+    """A 63-bit seed from any tuple of values (run seed, layer name, epoch, purpose...)."""
+    digest = hashlib.sha256("\0".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def layer_generator(tag: str, seed: int, name: str) -> torch.Generator:
     """A CPU generator private to one layer, so no layer's draw depends on another's."""
-    return torch.Generator().manual_seed(_derived_seed(tag, seed, name))
+    return torch.Generator().manual_seed(derive_seed(tag, seed, name))
 
 
 def score_bound(a: float, mode: str, fan: int, is_last: bool) -> float:

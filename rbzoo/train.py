@@ -47,7 +47,8 @@ from .errors import CheckpointError, ConfigError
 from .evaluate import ordered_batches
 from .layers import SubnetConv2d
 from .models import create_model
-from .objectives import derive_seed, make_objective
+from .objectives import make_objective
+from .pruning import derive_seed
 
 CONFIG_FILE, METRICS_FILE, STATE_FILE = "config.yaml", "metrics.jsonl", "state.pt"
 BEST_FILE, LAST_FILE, TB_DIR = "best.safetensors", "last.safetensors", "tb"

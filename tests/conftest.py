@@ -28,15 +28,44 @@ def cifar100_root(tmp_path_factory) -> Path:
     return datagen.write_cifar100(tmp_path_factory.mktemp("cifar100"))
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory) -> Path:
+def make_tiny_checkpoint(path: Path, *, keep: float, seed: int, data_seed: int) -> Path:
     """A tiny_resnet (CIFAR10 normalization, last BN) with random scores and real BN statistics."""
-    model = rbzoo.create_model("tiny_resnet", keep=0.2, p=0.5, end_with_bn=True, seed=11, score_init_scale=1.0)
+    model = rbzoo.create_model("tiny_resnet", keep=keep, p=0.5, end_with_bn=True, seed=seed, score_init_scale=1.0)
     model.train()
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(data_seed)
     with torch.no_grad():
         for _ in range(4):
             model(torch.rand(32, 3, 32, 32, generator=g))
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
     rbzoo.save(model.eval(), path, metadata={"rbzoo.dataset": rbzoo.data.dataset_metadata("cifar10")})
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", keep=0.2, seed=11, data_seed=0)
+
+
+@pytest.fixture
+def hf_env(tmp_path, monkeypatch) -> Path:
+    """Isolate huggingface_hub: Xet off, a per-test HF_HOME and cache, no token/offline/endpoint
+    inherited from the environment (an unknown HF_TOKEN would be sent even on anonymous calls)."""
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_XET", True)  # read at import: set the constant too
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf_cache"))
+    for var in ("HF_TOKEN", "HF_HUB_OFFLINE", "HF_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def server(hf_env):
+    """A Hub-protocol test server on 127.0.0.1 accepting `hub_server.TEST_TOKEN`."""
+    from hub_server import TEST_TOKEN, start_hub_server
+
+    srv = start_hub_server(hf_env / "hub", tokens={TEST_TOKEN})
+    yield srv
+    srv.stop()
+    assert not srv.errors, srv.errors[0]

@@ -94,6 +94,9 @@ def parse_card_data(text: str) -> dict:
     return {k: v for k, v in out.items() if v is not None and k not in nested}
 
 
+
+TEST_TOKEN = "hf_test_token"  # the token test servers accept by default
+
 class HubServerError(Exception):
     def __init__(self, status: int, message: str, code: str | None = None, headers: dict | None = None):
         super().__init__(message)
@@ -106,7 +109,7 @@ class HubTestServer:
     tokens: iterable of valid tokens (all map to ``user``) or a dict token -> username.
     """
 
-    def __init__(self, root, tokens=("hf_test_token",), *, user: str = "test-user", host: str = "127.0.0.1",
+    def __init__(self, root, tokens=(TEST_TOKEN,), *, user: str = "test-user", host: str = "127.0.0.1",
                  port: int = 0, lfs_threshold: int = 10_000, initial_gitattributes: bool = True,
                  verbose: bool = False):
         self.root = Path(root)
@@ -854,6 +857,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
-def start_hub_server(root, tokens=("hf_test_token",), **kwargs) -> HubTestServer:
+def start_hub_server(root, tokens=(TEST_TOKEN,), **kwargs) -> HubTestServer:
     """Start a :class:`HubTestServer` storing its data under ``root``; call ``.stop()`` when done."""
     return HubTestServer(root, tokens=tokens, **kwargs)

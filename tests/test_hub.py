@@ -19,9 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-import huggingface_hub.constants as hf_constants
 from huggingface_hub import CommitOperationAdd, HfApi
 
 import rbzoo
@@ -32,46 +30,26 @@ from rbzoo.cli import main
 from rbzoo.errors import CheckpointError, ConfigError, HubError, VerificationError
 from rbzoo.evaluate import clean_accuracy, predictions_digest
 
-from hub_server import start_hub_server
+from conftest import make_tiny_checkpoint
+from hub_server import TEST_TOKEN
 
-TOKEN = "hf_rbzoo_test_token"
+TOKEN = TEST_TOKEN
 REPO = "test-user/tiny"
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_XET", True)  # read at import: set the constant too
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf_cache"))
-    monkeypatch.setenv("RBZOO_HOME", str(tmp_path / "rbzoo_home"))
-    monkeypatch.setenv("RBZOO_CARDS", str(tmp_path / "cards"))
-    for var in ("HF_TOKEN", "HF_HUB_OFFLINE", "HF_ENDPOINT"):
-        monkeypatch.delenv(var, raising=False)
-    return tmp_path
-
-
-@pytest.fixture
-def server(env):
-    srv = start_hub_server(env / "hub", tokens={TOKEN})
-    yield srv
-    srv.stop()
-    assert not srv.errors, srv.errors[0]
+@pytest.fixture(autouse=True)
+def env(hf_env, monkeypatch):
+    """hf_env plus rbzoo's own state (verified-pull registry, card folder) under tmp_path."""
+    monkeypatch.setenv("RBZOO_HOME", str(hf_env / "rbzoo_home"))
+    monkeypatch.setenv("RBZOO_CARDS", str(hf_env / "cards"))
+    return hf_env
 
 
 @pytest.fixture(scope="module")
 def second_checkpoint(tmp_path_factory) -> Path:
     """Another tiny_resnet (different seed and mask) for a second push to the same repo."""
-    model = rbzoo.create_model("tiny_resnet", keep=0.3, p=0.5, end_with_bn=True, seed=12, score_init_scale=1.0)
-    model.train()
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for _ in range(4):
-            model(torch.rand(32, 3, 32, 32, generator=g))
-    path = tmp_path_factory.mktemp("ckpt2") / "tiny2.safetensors"
-    rbzoo.save(model.eval(), path, metadata={"rbzoo.dataset": rbzoo.data.dataset_metadata("cifar10")})
-    return path
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt2") / "tiny2.safetensors", keep=0.3, seed=12, data_seed=1)
 
 
 @pytest.fixture

@@ -25,7 +25,6 @@ from pathlib import Path
 import httpx2
 import pytest
 
-import huggingface_hub.constants as hf_constants
 from huggingface_hub import (
     CommitOperationAdd,
     HfApi,
@@ -43,30 +42,11 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from hub_server import HubTestServer, start_hub_server
+from hub_server import TEST_TOKEN, HubTestServer
 
-TOKEN = "hf_test_token"
+TOKEN = TEST_TOKEN
 REPO = "test-user/tiny"
 README = b"---\nlicense: mit\ntags:\n- rbzoo\n- test\nlibrary_name: rbzoo\n---\n# tiny\n"
-
-
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_XET", True)  # constants are read at import time
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("HF_TOKEN", raising=False)  # an env token would be sent on token=None calls
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    return tmp_path
-
-
-@pytest.fixture
-def server(env):
-    srv = start_hub_server(env / "hub", tokens={TOKEN})
-    yield srv
-    srv.stop()
-    assert not srv.errors, srv.errors[0]
 
 
 @pytest.fixture
@@ -75,8 +55,8 @@ def api(server):
 
 
 @pytest.fixture
-def cache(env):
-    return str(env / "cache")
+def cache(hf_env):
+    return str(hf_env / "hf_cache")
 
 
 def _dl(server, cache, filename, revision=None, token=TOKEN, **kw):
@@ -306,12 +286,12 @@ def test_cache_reads_after_server_stop(server, cache, seeded):
         _dl(server, cache, "never-downloaded.txt", local_files_only=True)
 
 
-def test_dataset_repo_and_restart_persistence(api, server, env, cache):
+def test_dataset_repo_and_restart_persistence(api, server, hf_env, cache):
     api.create_repo("test-user/data", repo_type="dataset")
     api.upload_file(path_or_fileobj=b"a,b\n1,2\n", path_in_repo="data/train.csv",
                     repo_id="test-user/data", repo_type="dataset")
     server.stop()
-    with HubTestServer(env / "hub", tokens={TOKEN}) as again:
+    with HubTestServer(hf_env / "hub", tokens={TOKEN}) as again:
         p = hf_hub_download("test-user/data", "data/train.csv", repo_type="dataset", endpoint=again.url,
                             token=TOKEN, cache_dir=cache)
         assert Path(p).read_bytes() == b"a,b\n1,2\n"

@@ -7,7 +7,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import plot as rb_plot
 from . import app, console, err_console
 
 
@@ -27,6 +26,8 @@ def plot(
 ) -> None:
     """Draw a figure: per-layer allocation, mask structure, training curves, attack stages, zoo, or mask overlap."""
     names = [n for item in layers or [] for n in item.split(",") if n.strip()] or None
+    from .. import plot as rb_plot  # matplotlib costs ~0.6 s to import: only when plotting
+
     result = rb_plot.plot(kind, inputs, out, data_out=data, layers=names, ps=p, trials=trials, seed=seed)
     for s in result.get("skipped", []):
         err_console.print(f"warning: {s['path']}: {s['reason']}; left out", highlight=False, soft_wrap=True)

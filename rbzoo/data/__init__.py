@@ -83,10 +83,6 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"forbidden global {module}.{name}")
 
 
-def _md5(path: Path) -> str:
-    return file_sha256(path, "md5")[0]
-
-
 def _check_pickle_safe(path: Path) -> None:
     try:
         with open(path, "rb") as f:
@@ -104,7 +100,7 @@ class _SafeCIFARMixin:
         if not all((root / name).is_file() for name, _ in files):
             return False
         for name, md5 in files:
-            if _md5(root / name) != md5:
+            if file_sha256(root / name, "md5")[0] != md5:
                 _check_pickle_safe(root / name)
         return True
 
