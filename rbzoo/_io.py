@@ -9,6 +9,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import OutputExistsError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -35,6 +37,22 @@ def atomic_path(path: str | os.PathLike):
         except FileNotFoundError:
             pass
         raise
+
+
+def check_output(out: str | os.PathLike, *, inputs: tuple = (), force: bool = False, kind: str = "output") -> Path:
+    """The one writer rule: never write over an input (even with --force), never replace an existing
+    output without --force, never write a file where a folder is. Returns `out` as a Path."""
+    out = Path(out)
+    for src in inputs:
+        if src is not None and Path(src).exists() and out.exists() and os.path.samefile(out, src):
+            raise OutputExistsError(f"{kind} {out} is the input file; choose another path (this is refused even with --force)")
+        if src is not None and Path(src).resolve() == out.resolve():
+            raise OutputExistsError(f"{kind} {out} is the input file; choose another path (this is refused even with --force)")
+    if out.is_dir():
+        raise OutputExistsError(f"{kind} {out} is a folder; give a file path")
+    if out.exists() and not force:
+        raise OutputExistsError(f"{kind} {out} exists; pass --force to replace it")
+    return out
 
 
 def file_sha256(path: str | os.PathLike, algorithm: str = "sha256") -> tuple[str, int]:

@@ -23,6 +23,10 @@ class ConfigError(RbzooError):
     """A configuration value or command-line option is invalid or contradictory."""
 
 
+class OutputExistsError(RbzooError):
+    """A command would overwrite its own input, or an existing output without --force."""
+
+
 class DataError(RbzooError):
     """A dataset is missing, malformed, or does not fit the model."""
 
