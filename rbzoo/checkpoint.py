@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -25,12 +26,16 @@ from ._io import write_bytes
 from .codec import decode_mask, encode_mask, entropy_bound_bits
 from .errors import CheckpointError, CodecError
 from .layers import SubnetConv2d
-from .models._registry import create_model_from_arch, fold, prunable_layers
+from .models._registry import ARCH_KEYS, ARCHITECTURES, create_model_from_arch, fold, prunable_layers
 from .signs import SIGNS_V1, sign_bits
 
 FORMAT_VERSION = "1"
 EXPLICIT = "explicit"
-REQUIRED_KEYS = ("rbzoo.format", "rbzoo.arch", "rbzoo.signs", "rbzoo.layers", "rbzoo.weights_sha256")
+MODEL_DIGEST_TAG = b"rbzoo-model-v1\0"
+# rbzoo.model_sha256 is required by this reader (docs/format.md §8): a file without it predates the
+# whole-model digest and cannot be verified, so it is refused rather than trusted in part.
+REQUIRED_KEYS = ("rbzoo.format", "rbzoo.arch", "rbzoo.signs", "rbzoo.layers", "rbzoo.weights_sha256", "rbzoo.model_sha256")
+RESERVED_KEYS = REQUIRED_KEYS + ("rbzoo.seed", "rbzoo.state_sha256")
 
 
 def _pack(bits: np.ndarray) -> bytes:
@@ -46,16 +51,41 @@ def weights_digest(layers: list[tuple[np.ndarray, np.ndarray]]) -> str:
     return h.hexdigest()
 
 
-def state_digest(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over the non-prunable tensors (BN statistics, dense layers), sorted by key.
+def canonical_json(obj) -> str:
+    """The one JSON spelling rbzoo writes for `rbzoo.arch` (docs/format.md §8): sorted keys, no
+    spaces, ASCII only, no NaN/Infinity."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
-    Not part of format.md (the weights digest covers only masks and signs); rbzoo writes it as
-    the extra metadata key `rbzoo.state_sha256` so a flipped bit in a BN buffer is caught too.
-    """
-    h = hashlib.sha256()
-    for key in sorted(tensors):
-        h.update(key.encode() + b"\0")
-        h.update(tensors[key].detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4", copy=False).tobytes())
+
+def _field(h, data: bytes) -> None:
+    h.update(len(data).to_bytes(8, "little"))
+    h.update(data)
+
+
+def _shape_text(shape) -> bytes:
+    return ",".join(str(int(d)) for d in shape).encode("ascii")
+
+
+def model_digest(arch_json: str, layers: list[tuple[str, tuple, np.ndarray, np.ndarray]],
+                 tensors: dict[str, torch.Tensor]) -> str:
+    """docs/format.md §8 `rbzoo.model_sha256`: one SHA-256 over everything that determines the
+    network's function — the canonical architecture record, every layer's mask and kept signs,
+    and every other stored tensor (BatchNorm statistics, dense layers), in a fixed order."""
+    h = hashlib.sha256(MODEL_DIGEST_TAG)
+    _field(h, arch_json.encode("utf-8"))
+    h.update(len(layers).to_bytes(8, "little"))
+    for name, shape, mask, kept_signs in layers:
+        _field(h, name.encode("utf-8"))
+        _field(h, _shape_text(shape))
+        _field(h, _pack(mask))
+        _field(h, _pack(kept_signs))
+    h.update(len(tensors).to_bytes(8, "little"))
+    for key in sorted(tensors, key=lambda k: k.encode("utf-8")):
+        t = tensors[key].detach().to("cpu", torch.float32).contiguous()
+        _field(h, key.encode("utf-8"))
+        _field(h, b"F32")
+        _field(h, _shape_text(t.shape))
+        _field(h, t.numpy().astype("<f4", copy=False).tobytes())
     return h.hexdigest()
 
 
@@ -78,56 +108,64 @@ def _rest_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save(model: nn.Module, path: str | os.PathLike, metadata: dict | None = None, signs: str = "auto") -> str:
-    """Write `model` (trainable or folded) as a format-v1 checkpoint; returns the weights digest.
+    """Write `model` (trainable or folded) as a format-v1 checkpoint; returns the model digest.
 
     `signs` is "rbzoo-signs-v1" (regenerated from `model.seed`), "explicit" (stored per kept
     weight), or "auto" (the model's own mode). Values of `metadata` that are not strings are
-    JSON-encoded.
+    JSON-encoded. The write is atomic.
     """
     mode = getattr(model, "signs_mode", SIGNS_V1) if signs == "auto" else signs
     if mode not in (SIGNS_V1, EXPLICIT):
         raise CheckpointError(f"unknown signs mode {mode!r}")
     tensors: dict[str, torch.Tensor] = {}
-    layer_meta, digest_parts = [], []
+    layer_meta, parts = [], []
     for key, module in prunable_layers(model):
-        w = _ternary(module).numpy().reshape(-1)
-        mask = w != 0
-        if not np.all(np.abs(w[mask]) == 1):
-            raise CheckpointError(f"{key}: effective weights are not ternary (−1, 0, +1)")
-        kept_signs = w[mask] > 0
-        if mode == SIGNS_V1:
-            regen = sign_bits(model.seed, key, module.weight.shape)[mask].astype(bool)
-            if not np.array_equal(regen, kept_signs):
-                raise CheckpointError(f"{key}: weights do not match rbzoo-signs-v1 for seed {model.seed}; save with signs='explicit'")
-        else:
+        mask, kept_signs = _mask_and_signs(model, key, module, mode)
+        if mode == EXPLICIT:
             tensors[f"{key}.signs"] = torch.from_numpy(np.frombuffer(_pack(kept_signs), dtype=np.uint8).copy())
         tensors[f"{key}.mask"] = torch.from_numpy(np.frombuffer(encode_mask(mask), dtype=np.uint8).copy())
         layer_meta.append({"name": key, "shape": list(module.weight.shape), "kept": int(mask.sum())})
-        digest_parts.append((mask, kept_signs))
+        parts.append((key, tuple(module.weight.shape), mask, kept_signs))
+    rest = {}
     for key, value in _rest_state(model).items():
         if not value.is_floating_point():
             raise CheckpointError(f"{key}: unexpected non-float state tensor")
-        tensors[key] = value.detach().to("cpu", torch.float32).contiguous()
-    digest = weights_digest(digest_parts)
-    rest = {k: v for k, v in tensors.items() if not k.endswith((".mask", ".signs"))}
+        rest[key] = value.detach().to("cpu", torch.float32).contiguous()
+    tensors.update(rest)
+    arch_json = canonical_json(model.arch)
+    digest = model_digest(arch_json, parts, rest)
     meta = {
         "rbzoo.format": FORMAT_VERSION,
-        "rbzoo.arch": json.dumps(model.arch, sort_keys=True),
+        "rbzoo.arch": arch_json,
         "rbzoo.signs": mode,
         "rbzoo.layers": json.dumps(layer_meta),
-        "rbzoo.weights_sha256": digest,
-        "rbzoo.state_sha256": state_digest(rest),
+        "rbzoo.weights_sha256": weights_digest([(m, sg) for _, _, m, sg in parts]),
+        "rbzoo.model_sha256": digest,
         "rbzoo.version": __version__,
         "rbzoo.created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if mode == SIGNS_V1:
         meta["rbzoo.seed"] = str(int(model.seed))
     for k, v in (metadata or {}).items():
-        if k in REQUIRED_KEYS or k in ("rbzoo.seed", "rbzoo.state_sha256"):
+        if k in RESERVED_KEYS:
             raise CheckpointError(f"metadata key {k!r} is reserved")
         meta[k] = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
     write_bytes(path, st_save(tensors, metadata=meta))
     return digest
+
+
+def _mask_and_signs(model: nn.Module, key: str, module: nn.Module, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """The flat keep-mask and the signs of the kept weights of one prunable layer."""
+    w = _ternary(module).numpy().reshape(-1)
+    mask = w != 0
+    if not np.all(np.abs(w[mask]) == 1):
+        raise CheckpointError(f"{key}: effective weights are not ternary (−1, 0, +1)")
+    kept_signs = w[mask] > 0
+    if mode == SIGNS_V1:
+        regen = sign_bits(model.seed, key, module.weight.shape)[mask].astype(bool)
+        if not np.array_equal(regen, kept_signs):
+            raise CheckpointError(f"{key}: weights do not match rbzoo-signs-v1 for seed {model.seed}; save with signs='explicit'")
+    return mask, kept_signs
 
 
 @dataclass
@@ -159,8 +197,9 @@ class Checkpoint:
     seed: int | None
     layers: list[LayerRecord]
     tensors: dict[str, torch.Tensor]
-    digest: str
+    digest: str  # the whole-model digest, rbzoo.model_sha256 (docs/format.md §8)
     file_size: int
+    weights_digest: str = ""  # rbzoo.weights_sha256: masks and signs only (format.md §5)
     extra: dict = field(default_factory=dict)
 
     def meta_json(self, key: str, default=None):
@@ -173,107 +212,213 @@ class Checkpoint:
             return self.metadata[key]
 
 
-def _json_meta(meta: dict, key: str):
+# Bounds on what a file may declare, checked before anything is allocated (a hostile 200-byte file
+# must not make the reader build a 200 GB network). The largest zoo model (ImageNet ResNet50) has
+# 23.5 M prunable weights; the limits leave room for research variants, nothing more.
+MAX_CLASSES = 100_000
+MAX_IN_CHANNELS = 64
+MAX_WIDTH = 1024
+MAX_PRUNABLE = 1 << 27  # 134 M weights
+NONLINEARITIES = ("relu", "leaky_relu")
+
+
+def _strict_json(text: str, key: str):
+    def no_duplicates(pairs):
+        keys = [k for k, _ in pairs]
+        if len(keys) != len(set(keys)):
+            raise CheckpointError(f"metadata {key} has a duplicate key")
+        return dict(pairs)
+
+    def no_constants(name):
+        raise CheckpointError(f"metadata {key} contains {name}")
+
     try:
-        return json.loads(meta[key])
-    except (json.JSONDecodeError, TypeError) as e:
-        raise CheckpointError(f"metadata {key} is not valid JSON: {e}") from None
+        return json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constants)
+    except (json.JSONDecodeError, TypeError, RecursionError) as e:
+        raise CheckpointError(f"metadata {key} is not valid JSON: {str(e).splitlines()[0][:120]}") from None
+
+
+def _json_meta(meta: dict, key: str):
+    return _strict_json(meta[key], key)
+
+
+def check_arch(arch) -> None:
+    """Reject an architecture record that rbzoo would not write, before any model is built."""
+    def bad(why: str):
+        raise CheckpointError(f"bad rbzoo.arch: {why}")
+
+    def integer(name: str, lo: int, hi: int) -> None:
+        v = arch.get(name)
+        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+            bad(f"{name} must be an integer in [{lo}, {hi}], got {str(v)[:40]}")
+
+    if not isinstance(arch, dict):
+        bad("not a JSON object")
+    if arch.get("id") not in ARCHITECTURES:
+        bad(f"unknown architecture {str(arch.get('id'))[:60]!r}")
+    unknown = set(arch) - set(ARCH_KEYS) - {"id"}
+    if unknown:
+        bad(f"unknown options {sorted(str(k)[:40] for k in unknown)[:5]}")
+    integer("num_classes", 1, MAX_CLASSES)
+    integer("in_channels", 1, MAX_IN_CHANNELS)
+    for name in ("mean", "std"):
+        v = arch.get(name)
+        if (not isinstance(v, list) or len(v) != arch["in_channels"]
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)):
+            bad(f"{name} must be {arch['in_channels']} finite numbers")
+    if not all(x > 0 for x in arch["std"]):
+        bad("std must be positive")
+    for name in ("end_with_bn", "first_layer_dense", "last_layer_dense"):
+        if not isinstance(arch.get(name), bool):
+            bad(f"{name} must be true or false")
+    if arch.get("nonlinearity") not in NONLINEARITIES:
+        bad(f"nonlinearity must be one of {', '.join(NONLINEARITIES)}")
+    if arch["id"] == "tiny_resnet":
+        integer("width", 1, MAX_WIDTH)
+    elif "width" in arch:
+        bad(f"{arch['id']} has no width option")
+
+
+def _skeleton(arch: dict, path: Path) -> nn.Module:
+    """The declared network on the meta device: shapes and key names, no memory."""
+    check_arch(arch)
+    try:
+        with torch.device("meta"):
+            skeleton = create_model_from_arch(arch, materialize=False)
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: bad rbzoo.arch: {e}") from None
+    total = sum(math.prod(m.weight.shape) for _, m in prunable_layers(skeleton))
+    if total > MAX_PRUNABLE:
+        raise CheckpointError(f"{path}: rbzoo.arch declares {total:,} prunable weights, above rbzoo's limit of {MAX_PRUNABLE:,}")
+    return skeleton
+
+
+@dataclass
+class _Header:
+    arch: dict
+    arch_json: str
+    mode: str
+    seed: int | None
+    declared: list
+
+
+def _read_header(meta: dict, path: Path) -> _Header:
+    if "rbzoo.format" not in meta:
+        raise CheckpointError(f"{path}: not an rbzoo checkpoint (no rbzoo.format metadata)")
+    if meta["rbzoo.format"] != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: unknown rbzoo.format {meta['rbzoo.format'][:20]!r} (this reader knows {FORMAT_VERSION})")
+    if "rbzoo.model_sha256" not in meta and "rbzoo.weights_sha256" in meta:
+        raise CheckpointError(f"{path}: written by rbzoo 0.1, without the whole-model digest (rbzoo.model_sha256); "
+                              "it cannot be verified, so it is refused: re-create it with this rbzoo")
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if missing:
+        raise CheckpointError(f"{path}: missing metadata {', '.join(missing)}")
+    arch_json = meta["rbzoo.arch"]
+    arch = _strict_json(arch_json, "rbzoo.arch")
+    try:
+        canonical = canonical_json(arch)
+    except (TypeError, ValueError):
+        canonical = None
+    if canonical != arch_json:
+        raise CheckpointError(f"{path}: rbzoo.arch is not in canonical JSON form (docs/format.md §8)")
+    mode = meta["rbzoo.signs"]
+    if mode not in (SIGNS_V1, EXPLICIT):
+        raise CheckpointError(f"{path}: unknown rbzoo.signs {mode[:40]!r}")
+    seed = None
+    if mode == SIGNS_V1:
+        text = meta.get("rbzoo.seed", "")
+        if not (text.isascii() and text.isdigit() and len(text) <= 20 and int(text) < 2**64 and str(int(text)) == text):
+            raise CheckpointError(f"{path}: rbzoo.seed missing or out of range")
+        seed = int(text)
+    declared = _json_meta(meta, "rbzoo.layers")
+    return _Header(arch, arch_json, mode, seed, declared)
+
+
+def _check_tensor_set(present: set, expected: list, rest_expected: dict, mode: str, arch: dict, path: Path) -> None:
+    wanted = set(rest_expected) | {f"{k}.mask" for k, _ in expected}
+    if mode == EXPLICIT:
+        wanted |= {f"{k}.signs" for k, _ in expected}
+    if present != wanted:
+        parts = []
+        if wanted - present:
+            parts.append("missing " + ", ".join(sorted(wanted - present)[:5]))
+        if present - wanted:
+            parts.append("unexpected " + ", ".join(sorted(k[:80] for k in present - wanted)[:5]))
+        raise CheckpointError(f"{path}: tensor set does not match {arch.get('id')}: {'; '.join(parts)}")
+
+
+def _read_layer(f, head: _Header, entry, key: str, shape: tuple, path: Path) -> LayerRecord:
+    if not isinstance(entry, dict) or entry.get("name") != key or tuple(entry.get("shape", ()) or ()) != shape:
+        raise CheckpointError(f"{path}: layer {key}: declared {str(entry)[:120]} but the architecture has shape {list(shape)}")
+    kept = entry.get("kept")
+    n = math.prod(shape)
+    if not isinstance(kept, int) or isinstance(kept, bool) or not 0 <= kept <= n:
+        raise CheckpointError(f"{path}: layer {key}: bad kept count {str(kept)[:40]}")
+    blob = f.get_tensor(f"{key}.mask")
+    if blob.dtype != torch.uint8 or blob.dim() != 1:
+        raise CheckpointError(f"{path}: layer {key}: mask must be a 1-D U8 tensor")
+    try:
+        mask = decode_mask(blob.numpy(), n, expected_kept=kept)
+    except CodecError as e:
+        raise CheckpointError(f"{path}: layer {key}: {e}") from None
+    if head.mode == SIGNS_V1:
+        kept_signs = sign_bits(head.seed, key, shape)[mask].astype(bool)
+    else:
+        packed = f.get_tensor(f"{key}.signs")
+        if packed.dtype != torch.uint8 or tuple(packed.shape) != ((kept + 7) // 8,):
+            raise CheckpointError(f"{path}: layer {key}: signs must be U8[{(kept + 7) // 8}]")
+        bits = np.unpackbits(packed.numpy(), bitorder="little")
+        if bits[kept:].any():
+            raise CheckpointError(f"{path}: layer {key}: nonzero padding bits in signs")
+        kept_signs = bits[:kept].astype(bool)
+    return LayerRecord(key, shape, kept, mask, kept_signs, blob.numel())
 
 
 def read(path: str | os.PathLike) -> Checkpoint:
-    """Parse and fully verify a checkpoint (codec, counts, tensor set, shapes, digest)."""
+    """Parse and fully verify a checkpoint: bounded architecture, codec, counts, tensor set,
+    shapes, and the whole-model digest. Builds nothing but a meta-device skeleton."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no such checkpoint: {path}")
     try:
         handle = safe_open(str(path), framework="pt", device="cpu")
     except Exception as e:  # safetensors raises its own error type for any malformed header
-        raise CheckpointError(f"{path}: not a valid safetensors file ({str(e).splitlines()[0]})") from None
+        raise CheckpointError(f"{path}: not a valid safetensors file ({str(e).splitlines()[0][:160]})") from None
     with handle as f:
         meta = f.metadata() or {}
-        missing_meta = [k for k in REQUIRED_KEYS if k not in meta]
-        if "rbzoo.format" not in meta:
-            raise CheckpointError(f"{path}: not an rbzoo checkpoint (no rbzoo.format metadata)")
-        if meta["rbzoo.format"] != FORMAT_VERSION:
-            raise CheckpointError(f"{path}: unknown rbzoo.format {meta['rbzoo.format']!r} (this reader knows {FORMAT_VERSION})")
-        if missing_meta:
-            raise CheckpointError(f"{path}: missing metadata {', '.join(missing_meta)}")
-        arch = _json_meta(meta, "rbzoo.arch")
-        mode = meta["rbzoo.signs"]
-        if mode not in (SIGNS_V1, EXPLICIT):
-            raise CheckpointError(f"{path}: unknown rbzoo.signs {mode!r}")
-        seed = None
-        if mode == SIGNS_V1:
-            try:
-                seed = int(meta["rbzoo.seed"])
-                assert 0 <= seed < 2**64
-            except (KeyError, ValueError, AssertionError):
-                raise CheckpointError(f"{path}: rbzoo.seed missing or out of range") from None
-        try:
-            skeleton = create_model_from_arch(arch, materialize=False)
-        except (KeyError, ValueError, TypeError) as e:
-            raise CheckpointError(f"{path}: bad rbzoo.arch: {e}") from None
-        declared = _json_meta(meta, "rbzoo.layers")
+        head = _read_header(meta, path)
+        skeleton = _skeleton(head.arch, path)
         expected = [(key, tuple(m.weight.shape)) for key, m in prunable_layers(skeleton)]
-        if not isinstance(declared, list) or len(declared) != len(expected):
-            raise CheckpointError(f"{path}: rbzoo.layers lists {len(declared) if isinstance(declared, list) else '?'} layers, {arch.get('id')} has {len(expected)}")
+        if not isinstance(head.declared, list) or len(head.declared) != len(expected):
+            n_declared = len(head.declared) if isinstance(head.declared, list) else "?"
+            raise CheckpointError(f"{path}: rbzoo.layers lists {n_declared} layers, {head.arch['id']} has {len(expected)}")
         rest_expected = {k: tuple(v.shape) for k, v in _rest_state(skeleton).items()}
-        wanted = set(rest_expected) | {f"{k}.mask" for k, _ in expected}
-        if mode == EXPLICIT:
-            wanted |= {f"{k}.signs" for k, _ in expected}
-        present = set(f.keys())
-        if present != wanted:
-            parts = []
-            if wanted - present:
-                parts.append("missing " + ", ".join(sorted(wanted - present)[:5]))
-            if present - wanted:
-                parts.append("unexpected " + ", ".join(sorted(present - wanted)[:5]))
-            raise CheckpointError(f"{path}: tensor set does not match {arch.get('id')}: {'; '.join(parts)}")
-        layers, parts = [], []
-        for entry, (key, shape) in zip(declared, expected):
-            if not isinstance(entry, dict) or entry.get("name") != key or tuple(entry.get("shape", ())) != shape:
-                raise CheckpointError(f"{path}: layer {key}: declared {entry} but the architecture has shape {list(shape)}")
-            kept = entry.get("kept")
-            n = int(np.prod(shape))
-            if not isinstance(kept, int) or not 0 <= kept <= n:
-                raise CheckpointError(f"{path}: layer {key}: bad kept count {kept!r}")
-            blob = f.get_tensor(f"{key}.mask")
-            if blob.dtype != torch.uint8 or blob.dim() != 1:
-                raise CheckpointError(f"{path}: layer {key}: mask must be a 1-D U8 tensor")
-            try:
-                mask = decode_mask(blob.numpy(), n, expected_kept=kept)
-            except CodecError as e:
-                raise CheckpointError(f"{path}: layer {key}: {e}") from None
-            if mode == SIGNS_V1:
-                kept_signs = sign_bits(seed, key, shape)[mask].astype(bool)
-            else:
-                packed = f.get_tensor(f"{key}.signs")
-                if packed.dtype != torch.uint8 or tuple(packed.shape) != ((kept + 7) // 8,):
-                    raise CheckpointError(f"{path}: layer {key}: signs must be U8[{(kept + 7) // 8}]")
-                bits = np.unpackbits(packed.numpy(), bitorder="little")
-                if bits[kept:].any():
-                    raise CheckpointError(f"{path}: layer {key}: nonzero padding bits in signs")
-                kept_signs = bits[:kept].astype(bool)
-            layers.append(LayerRecord(key, shape, kept, mask, kept_signs, blob.numel()))
-            parts.append((mask, kept_signs))
+        _check_tensor_set(set(f.keys()), expected, rest_expected, head.mode, head.arch, path)
+        layers = [_read_layer(f, head, entry, key, shape, path) for entry, (key, shape) in zip(head.declared, expected)]
         tensors = {}
         for key, shape in rest_expected.items():
             t = f.get_tensor(key)
             if t.dtype != torch.float32 or tuple(t.shape) != shape:
                 raise CheckpointError(f"{path}: {key}: expected F32{list(shape)}, found {str(t.dtype).replace('torch.', '')}{list(t.shape)}")
             tensors[key] = t
-    digest = weights_digest(parts)
-    if digest != meta["rbzoo.weights_sha256"]:
-        raise CheckpointError(f"{path}: weights digest mismatch (file says {meta['rbzoo.weights_sha256'][:16]}…, content gives {digest[:16]}…): the masks or signs are corrupted")
-    if "rbzoo.state_sha256" in meta and state_digest(tensors) != meta["rbzoo.state_sha256"]:
-        raise CheckpointError(f"{path}: BatchNorm/dense tensor digest mismatch: the stored statistics are corrupted")
-    return Checkpoint(path, dict(meta), arch, mode, seed, layers, tensors, digest, path.stat().st_size,
-                      extra={"skeleton": skeleton})
+    _verify_digests(meta, head, layers, tensors, path)
+    return Checkpoint(path, dict(meta), head.arch, head.mode, head.seed, layers, tensors, meta["rbzoo.model_sha256"],
+                      path.stat().st_size, weights_digest=meta["rbzoo.weights_sha256"])
+
+
+def _verify_digests(meta: dict, head: _Header, layers: list[LayerRecord], tensors: dict, path: Path) -> None:
+    wd = weights_digest([(rec.mask, rec.signs) for rec in layers])
+    if wd != meta["rbzoo.weights_sha256"]:
+        raise CheckpointError(f"{path}: weights digest mismatch (file says {meta['rbzoo.weights_sha256'][:16]}…, content gives {wd[:16]}…): the masks or signs are corrupted")
+    md = model_digest(head.arch_json, [(r.name, r.shape, r.mask, r.signs) for r in layers], tensors)
+    if md != meta["rbzoo.model_sha256"]:
+        raise CheckpointError(f"{path}: model digest mismatch (file says {meta['rbzoo.model_sha256'][:16]}…, content gives {md[:16]}…): "
+                              "the architecture record, masks or stored tensors were changed")
 
 
 def build(ckpt: Checkpoint, device: str | torch.device = "cpu") -> nn.Module:
     """An eval-mode module with folded dense weights from a verified :class:`Checkpoint`."""
-    model = ckpt.extra.pop("skeleton", None) or create_model_from_arch(ckpt.arch, materialize=False)
+    model = create_model_from_arch(ckpt.arch, materialize=False)  # arch already bounded by read()
     model = fold(model, weights={rec.name: _dense_weight(rec) for rec in ckpt.layers})
     missing, unexpected = model.load_state_dict(ckpt.tensors, strict=False)
     unexpected = [k for k in unexpected]
@@ -282,7 +427,8 @@ def build(ckpt: Checkpoint, device: str | torch.device = "cpu") -> nn.Module:
         raise CheckpointError(f"state mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.seed = ckpt.seed
     model.signs_mode = ckpt.signs_mode
-    model.weights_sha256 = ckpt.digest
+    model.model_digest = ckpt.digest
+    model.weights_sha256 = ckpt.weights_digest
     model.rbzoo_metadata = ckpt.metadata
     model.requires_grad_(False)
     return model.to(device).eval()

@@ -313,7 +313,7 @@ def run_eval(config: EvalConfig, *, progress: Callable[[str, int, int], None] | 
         robust, state_dir = None, None
         if attack is not None:
             fingerprint = {
-                "model_digest": ckpt.digest, "model_state_sha256": ckpt.metadata.get("rbzoo.state_sha256"),
+                "model_digest": ckpt.digest,
                 "dataset": name, "split": config.split, "data_sha256": clean.data_sha256,
                 "n_examples": clean.n_examples, "indices_sha256": indices_digest(indices),
                 "predictions_sha256": clean.predictions_sha256, **attack.as_dict(),

@@ -23,7 +23,7 @@ def _train_cmd(root, out, *extra):
 
 def _digests(path):
     ck = rbzoo.read(path)
-    return ck.digest, ck.metadata["rbzoo.state_sha256"]
+    return ck.digest, ck.weights_digest
 
 
 def test_killed_run_resumes_to_the_same_masks(cifar10_root, tmp_path):
