@@ -25,6 +25,7 @@ from . import __version__
 from ._io import write_bytes
 from .codec import decode_mask, encode_mask, entropy_bound_bits
 from .errors import CheckpointError, CodecError
+from .exact import pack_bits
 from .layers import SubnetConv2d
 from .models._registry import ARCH_KEYS, ARCHITECTURES, create_model_from_arch, fold, prunable_layers
 from .signs import SIGNS_V1, sign_bits
@@ -38,16 +39,12 @@ REQUIRED_KEYS = ("rbzoo.format", "rbzoo.arch", "rbzoo.signs", "rbzoo.layers", "r
 RESERVED_KEYS = REQUIRED_KEYS + ("rbzoo.seed", "rbzoo.state_sha256")
 
 
-def _pack(bits: np.ndarray) -> bytes:
-    return np.packbits(bits.astype(np.uint8, copy=False), bitorder="little").tobytes()
-
-
 def weights_digest(layers: list[tuple[np.ndarray, np.ndarray]]) -> str:
     """format.md §5: SHA-256 over packbits(mask) || packbits(signs of kept weights), per layer."""
     h = hashlib.sha256()
     for mask, kept_signs in layers:
-        h.update(_pack(mask))
-        h.update(_pack(kept_signs))
+        h.update(pack_bits(mask))
+        h.update(pack_bits(kept_signs))
     return h.hexdigest()
 
 
@@ -77,8 +74,8 @@ def model_digest(arch_json: str, layers: list[tuple[str, tuple, np.ndarray, np.n
     for name, shape, mask, kept_signs in layers:
         _field(h, name.encode("utf-8"))
         _field(h, _shape_text(shape))
-        _field(h, _pack(mask))
-        _field(h, _pack(kept_signs))
+        _field(h, pack_bits(mask))
+        _field(h, pack_bits(kept_signs))
     h.update(len(tensors).to_bytes(8, "little"))
     for key in sorted(tensors, key=lambda k: k.encode("utf-8")):
         t = tensors[key].detach().to("cpu", torch.float32).contiguous()
@@ -122,7 +119,7 @@ def save(model: nn.Module, path: str | os.PathLike, metadata: dict | None = None
     for key, module in prunable_layers(model):
         mask, kept_signs = _mask_and_signs(model, key, module, mode)
         if mode == EXPLICIT:
-            tensors[f"{key}.signs"] = torch.from_numpy(np.frombuffer(_pack(kept_signs), dtype=np.uint8).copy())
+            tensors[f"{key}.signs"] = torch.from_numpy(np.frombuffer(pack_bits(kept_signs), dtype=np.uint8).copy())
         tensors[f"{key}.mask"] = torch.from_numpy(np.frombuffer(encode_mask(mask), dtype=np.uint8).copy())
         layer_meta.append({"name": key, "shape": list(module.weight.shape), "kept": int(mask.sum())})
         parts.append((key, tuple(module.weight.shape), mask, kept_signs))
