@@ -30,7 +30,7 @@ from .checkpoint import load as load_checkpoint
 from .checkpoint import save as save_checkpoint
 from .data import dataset_metadata, get_spec
 from .errors import CheckpointError, ConfigError, HubError, RbzooError, VerificationError
-from .layers import kept_count
+from .layers import kept_count, top_mask
 from .models import create_model
 from .models._registry import fold
 
@@ -191,39 +191,19 @@ def _check_state(state: dict, expected: dict, *, arch: str, num_classes: int, en
 def official_mask(scores: torch.Tensor, keep: float) -> tuple[torch.Tensor, bool]:
     """The official TopMask (method.md §2): sort |s| ascending, zero the j = int((1−k)·n) smallest.
 
-    Ties are broken as a stable sort breaks them (the lower flat index is pruned first), which is
-    what CPU torch.sort does; the official CUDA sort left them unspecified. Computed with a top-k
-    selection instead of a full sort. Returns (bool mask, whether equal values straddle the cut);
-    raises ValueError on NaN or infinite scores.
+    Equal |s| at the cut: the lower flat index is pruned first (``top_mask(ties="high")``, what a
+    stable ascending sort gives). The official GPU sort is not stable, so which tied weights its
+    run kept is unspecified. Returns (bool mask, whether equal values straddle the cut); raises
+    ValueError on NaN or infinite scores.
     """
     flat = scores.detach().abs().flatten()
-    n = flat.numel()
-    j = int((1.0 - float(keep)) * n)
-    if j <= 0 or j >= n:
-        if not bool(torch.isfinite(flat).all()):
-            raise ValueError("scores hold NaN or infinite values")
-        return torch.full_like(scores, j <= 0, dtype=torch.bool), False
-    top = torch.topk(flat, n - j + 1).values  # the n − j kept values and the largest pruned one (NaN sorts first)
-    if not bool(torch.isfinite(top[0])):
+    if not bool(torch.isfinite(flat).all()):
         raise ValueError("scores hold NaN or infinite values")
-    first_kept, last_pruned = top[-2], top[-1]
-    if last_pruned < first_kept:  # no tie at the cut: keep exactly the values above it
-        return (flat >= first_kept).view_as(scores), False
-    t = first_kept
-    mask = flat > t
-    ties = torch.nonzero(flat == t).flatten()  # ascending indices
-    below = n - int(torch.count_nonzero(mask)) - ties.numel()  # values below t: all pruned
-    mask[ties[j - below:]] = True  # the j − below lowest-index ties are pruned, the rest kept
-    return mask.view_as(scores), True
-
-
-def sort_mask(scores: torch.Tensor, keep: float) -> torch.Tensor:
-    """The official rule literally (a stable full sort); the reference :func:`official_mask` is tested against."""
-    flat = scores.detach().abs().flatten()
-    j = int((1.0 - float(keep)) * flat.numel())
-    mask = torch.ones(flat.numel(), dtype=torch.bool)
-    mask[torch.sort(flat, stable=True).indices[:j]] = False
-    return mask.view_as(scores)
+    mask = top_mask(flat, kept_count(flat.numel(), keep), ties="high")
+    if mask.all() or not mask.any():
+        return mask.view_as(scores), False
+    tie = bool(flat[mask].min() == flat[~mask].max())  # the smallest kept equals the largest pruned
+    return mask.view_as(scores), tie
 
 
 # ------------------------------------------------------------------------------------- official forward
