@@ -42,6 +42,7 @@ __all__ = [
     "decode_mask",
     "coded_bits",
     "entropy_bound_bits",
+    "pack_bits",
 ]
 
 VERSION = 1
@@ -68,11 +69,13 @@ def _nbytes(nbits: int) -> int:
     return (nbits + 7) >> 3
 
 
-def _pack(bits: np.ndarray) -> bytes:
-    """Pack a 0/1 uint8 (or bool) array LSB first; an empty array packs to zero bytes."""
+def pack_bits(bits: np.ndarray) -> bytes:
+    """Pack a 0/1 (or bool) array, flattened, 8 bits a byte, least significant bit first (the
+    "little" bit order of every packed stream in format.md); an empty array packs to zero bytes."""
+    bits = np.asarray(bits)
     if bits.size == 0:
         return b""
-    return np.packbits(bits, bitorder="little").tobytes()
+    return np.packbits(bits.astype(np.uint8, copy=False).reshape(-1), bitorder="little").tobytes()
 
 
 def _field_dtype(width: int) -> np.dtype:
@@ -118,29 +121,19 @@ def _encode_streams(gaps: np.ndarray, m: int) -> tuple[bytes, bytes, bytes]:
         v = np.where(big, (r + c) >> 1, r)
         width = b - 1
         if width > 0 and k > 0:
-            a = _pack(_fields_to_bits(v, width).ravel())
+            a = pack_bits(_fields_to_bits(v, width).ravel())
         else:
             a = b""
-        b_ = _pack(((r[big] + c) & 1).astype(np.uint8))
+        b_ = pack_bits(((r[big] + c) & 1).astype(np.uint8))
     # stream C: q zeros then a one, for every gap; the one-bits sit at cumsum(q + 1) - 1
     if k:
         ends = np.cumsum(q + 1) - 1
         c_bits = np.zeros(int(ends[-1]) + 1, dtype=np.uint8)
         c_bits[ends] = 1
-        c_stream = _pack(c_bits)
+        c_stream = pack_bits(c_bits)
     else:
         c_stream = b""
     return a, b_, c_stream
-
-
-def _encode_with_m(positions: np.ndarray, m: int) -> bytes:
-    """Streams A | B | C (no header) for ascending coded ``positions`` with parameter ``m``."""
-    return b"".join(_encode_streams(_gaps_from_positions(positions), int(m)))
-
-
-def _build_blob(positions: np.ndarray, m: int, complemented: bool) -> bytes:
-    """Whole blob (header + streams) for ascending coded ``positions`` with a pinned ``m``."""
-    return _blob_from_gaps(_gaps_from_positions(positions), m, complemented)
 
 
 def _blob_from_gaps(gaps: np.ndarray, m: int, complemented: bool) -> bytes:
