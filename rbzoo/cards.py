@@ -167,8 +167,6 @@ def _close(a: float, b: float, tol: float = 0.005 + 1e-9) -> bool:
 
 def validate_card(meta, source: str = "card") -> None:
     """Check every field of the card schema; raise HubError naming the first bad field."""
-    from .data import DATASETS, get_spec
-
     f = _Fields(source)
     f.mapping(meta, "front matter")
     v, fld = f.get(meta, "library_name", "")
@@ -186,6 +184,27 @@ def validate_card(meta, source: str = "card") -> None:
     def g(key):
         return f.get(rb, key, "rbzoo")
 
+    _check_checkpoint_fields(f, g)
+    dataset, eps = _check_model_fields(f, g)
+    clean, robust = _check_result_fields(f, g)
+    ds_list, fld = f.get(meta, "datasets", "")
+    for i, d in enumerate(f.seq(ds_list, fld)):
+        f.string(d, f"{fld}[{i}]")
+    if dataset not in ds_list:
+        f.fail(fld, f"must include the model's dataset {dataset!r}")
+    res, where = _check_model_index(f, meta, rb["name"], dataset)
+    metrics, mfld = f.get(res, "metrics", where)
+    by_type: dict[str, list] = {}
+    for i, m in enumerate(f.seq(metrics, mfld)):
+        f.mapping(m, f"{mfld}[{i}]")
+        t = f.string(*f.get(m, "type", f"{mfld}[{i}]"))
+        f.number(*f.get(m, "value", f"{mfld}[{i}]"), lo=0.0, hi=100.0)
+        by_type.setdefault(t, []).append((i, m))
+    _check_metrics(f, by_type, mfld, clean, robust, eps)
+
+
+def _check_checkpoint_fields(f: _Fields, g) -> None:
+    """rbzoo.name … rbzoo.checkpoint_bytes: the name, and where the published file is, pinned."""
     f.string(*g("name"), pattern=NAME_RE, what="a lowercase name ([a-z0-9._-], up to 96 characters)")
     repo_id = f.string(*g("repo_id"), pattern=REPO_RE, what="a Hub repo id 'org/name'", nullable=True)
     revision = f.string(*g("revision"), pattern=HEX40, what="a 40-hex commit id", nullable=True)
@@ -197,6 +216,12 @@ def validate_card(meta, source: str = "card") -> None:
     if repo_id is not None and (sha is None or size is None):
         f.fail("rbzoo.checkpoint_sha256" if sha is None else "rbzoo.checkpoint_bytes",
                "must be set when rbzoo.repo_id is (a published file is pinned by hash and size)")
+
+
+def _check_model_fields(f: _Fields, g) -> tuple[str, float]:
+    """rbzoo.float32_bytes … rbzoo.eps: how the network was made; returns (dataset, eps)."""
+    from .data import DATASETS, get_spec
+
     f.integer(*g("float32_bytes"), lo=1)
     arch, fld = g("arch")
     f.mapping(arch, fld)
@@ -214,6 +239,11 @@ def validate_card(meta, source: str = "card") -> None:
     if get_spec(dataset).num_classes != num_classes:
         f.fail("rbzoo.arch.num_classes", f"is {num_classes} but {dataset} has {get_spec(dataset).num_classes} classes")
     eps = f.number(*g("eps"), lo=0.0, hi=1.0, lo_open=True)
+    return dataset, eps
+
+
+def _check_result_fields(f: _Fields, g) -> tuple[float, float | None]:
+    """rbzoo.expected … rbzoo.claimed: the exact clean result and the claims; returns (clean, robust) %."""
     exp, fld = g("expected")
     f.mapping(exp, fld)
     f.exact_keys(exp, EXPECTED_KEYS, fld)
@@ -233,19 +263,18 @@ def validate_card(meta, source: str = "card") -> None:
     if not _close(clean, 100.0 * correct / n):
         f.fail("rbzoo.claimed.clean_acc", f"is {clean} but rbzoo.expected gives {100.0 * correct / n:.4f} "
                                           f"({correct}/{n})")
+    return clean, robust
 
-    ds_list, fld = f.get(meta, "datasets", "")
-    for i, d in enumerate(f.seq(ds_list, fld)):
-        f.string(d, f"{fld}[{i}]")
-    if dataset not in ds_list:
-        f.fail(fld, f"must include the model's dataset {dataset!r}")
+
+def _check_model_index(f: _Fields, meta: dict, name: str, dataset: str) -> tuple[dict, str]:
+    """model-index: one entry named like the card, one test-split result; returns (result, its field)."""
     index, fld = f.get(meta, "model-index", "")
     if len(f.seq(index, fld)) != 1:
         f.fail(fld, "must hold exactly one entry")
     entry = f.mapping(index[0], "model-index[0]")
     v, efld = f.get(entry, "name", "model-index[0]")
-    if v != rb["name"]:
-        f.fail(efld, f"must equal rbzoo.name {rb['name']!r}, got {_show(v)}")
+    if v != name:
+        f.fail(efld, f"must equal rbzoo.name {name!r}, got {_show(v)}")
     results, rfld = f.get(entry, "results", "model-index[0]")
     res = f.mapping(f.seq(results, rfld)[0], f"{rfld}[0]")
     where = f"{rfld}[0]"
@@ -260,13 +289,11 @@ def validate_card(meta, source: str = "card") -> None:
     v, dfld = f.get(dsm, "split", f"{where}.dataset")
     if v != "test":
         f.fail(dfld, f"must be 'test', got {_show(v)}")
-    metrics, mfld = f.get(res, "metrics", where)
-    by_type: dict[str, list] = {}
-    for i, m in enumerate(f.seq(metrics, mfld)):
-        f.mapping(m, f"{mfld}[{i}]")
-        t = f.string(*f.get(m, "type", f"{mfld}[{i}]"))
-        f.number(*f.get(m, "value", f"{mfld}[{i}]"), lo=0.0, hi=100.0)
-        by_type.setdefault(t, []).append((i, m))
+    return res, where
+
+
+def _check_metrics(f: _Fields, by_type: dict, mfld: str, clean: float, robust: float | None, eps: float) -> None:
+    """One clean accuracy equal to the claim; one robust accuracy (with its norm and eps) iff claimed."""
     acc = by_type.get("accuracy", [])
     if len(acc) != 1:
         f.fail(mfld, f"must hold exactly one metric of type 'accuracy' (clean accuracy), found {len(acc)}")
@@ -276,22 +303,23 @@ def validate_card(meta, source: str = "card") -> None:
     rob = by_type.get("robust_accuracy", [])
     if robust is None and rob:
         f.fail(f"{mfld}[{rob[0][0]}]", "is a robust_accuracy metric but rbzoo.claimed.robust_acc is null")
-    if robust is not None:
-        if len(rob) != 1:
-            f.fail(mfld, f"must hold exactly one metric of type 'robust_accuracy' (rbzoo.claimed.robust_acc "
-                         f"is set), found {len(rob)}")
-        i, m = rob[0]
-        if not _close(m["value"], robust):
-            f.fail(f"{mfld}[{i}].value", f"is {m['value']} but rbzoo.claimed.robust_acc is {robust}")
-        args = f.mapping(*f.get(m, "args", f"{mfld}[{i}]"))
-        afld = f"{mfld}[{i}].args"
-        v, nfld = f.get(args, "norm", afld)
-        if v not in NORMS:
-            f.fail(nfld, f"must be one of {', '.join(NORMS)}, got {_show(v)}")
-        a_eps = f.number(*f.get(args, "eps", afld), lo=0.0, hi=math.inf, lo_open=True)
-        if abs(a_eps - eps) > 1e-6 * max(1.0, eps):
-            f.fail(f"{afld}.eps", f"is {a_eps} but rbzoo.eps is {eps}")
-        f.string(*f.get(args, "version", afld))
+    if robust is None:
+        return
+    if len(rob) != 1:
+        f.fail(mfld, f"must hold exactly one metric of type 'robust_accuracy' (rbzoo.claimed.robust_acc "
+                     f"is set), found {len(rob)}")
+    i, m = rob[0]
+    if not _close(m["value"], robust):
+        f.fail(f"{mfld}[{i}].value", f"is {m['value']} but rbzoo.claimed.robust_acc is {robust}")
+    args = f.mapping(*f.get(m, "args", f"{mfld}[{i}]"))
+    afld = f"{mfld}[{i}].args"
+    v, nfld = f.get(args, "norm", afld)
+    if v not in NORMS:
+        f.fail(nfld, f"must be one of {', '.join(NORMS)}, got {_show(v)}")
+    a_eps = f.number(*f.get(args, "eps", afld), lo=0.0, hi=math.inf, lo_open=True)
+    if abs(a_eps - eps) > 1e-6 * max(1.0, eps):
+        f.fail(f"{afld}.eps", f"is {a_eps} but rbzoo.eps is {eps}")
+    f.string(*f.get(args, "version", afld))
 
 
 # ------------------------------------------------------------------------------------- parse / render

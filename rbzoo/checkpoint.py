@@ -23,9 +23,8 @@ from safetensors.torch import save as st_save
 
 from . import __version__
 from ._io import write_bytes
-from .codec import decode_mask, encode_mask, entropy_bound_bits
+from .codec import decode_mask, encode_mask, entropy_bound_bits, pack_bits
 from .errors import CheckpointError, CodecError
-from .exact import pack_bits
 from .layers import SubnetConv2d
 from .models._registry import ARCH_KEYS, ARCHITECTURES, create_model_from_arch, fold, prunable_layers
 from .signs import SIGNS_V1, sign_bits

@@ -42,6 +42,7 @@ __all__ = [
     "decode_mask",
     "coded_bits",
     "entropy_bound_bits",
+    "pack_bits",
 ]
 
 VERSION = 1
@@ -68,11 +69,13 @@ def _nbytes(nbits: int) -> int:
     return (nbits + 7) >> 3
 
 
-def _pack(bits: np.ndarray) -> bytes:
-    """Pack a 0/1 uint8 (or bool) array LSB first; an empty array packs to zero bytes."""
+def pack_bits(bits: np.ndarray) -> bytes:
+    """Pack a 0/1 (or bool) array, flattened, 8 bits a byte, least significant bit first (the
+    "little" bit order of every packed stream in format.md); an empty array packs to zero bytes."""
+    bits = np.asarray(bits)
     if bits.size == 0:
         return b""
-    return np.packbits(bits, bitorder="little").tobytes()
+    return np.packbits(bits.astype(np.uint8, copy=False).reshape(-1), bitorder="little").tobytes()
 
 
 def _field_dtype(width: int) -> np.dtype:
@@ -118,29 +121,19 @@ def _encode_streams(gaps: np.ndarray, m: int) -> tuple[bytes, bytes, bytes]:
         v = np.where(big, (r + c) >> 1, r)
         width = b - 1
         if width > 0 and k > 0:
-            a = _pack(_fields_to_bits(v, width).ravel())
+            a = pack_bits(_fields_to_bits(v, width).ravel())
         else:
             a = b""
-        b_ = _pack(((r[big] + c) & 1).astype(np.uint8))
+        b_ = pack_bits(((r[big] + c) & 1).astype(np.uint8))
     # stream C: q zeros then a one, for every gap; the one-bits sit at cumsum(q + 1) - 1
     if k:
         ends = np.cumsum(q + 1) - 1
         c_bits = np.zeros(int(ends[-1]) + 1, dtype=np.uint8)
         c_bits[ends] = 1
-        c_stream = _pack(c_bits)
+        c_stream = pack_bits(c_bits)
     else:
         c_stream = b""
     return a, b_, c_stream
-
-
-def _encode_with_m(positions: np.ndarray, m: int) -> bytes:
-    """Streams A | B | C (no header) for ascending coded ``positions`` with parameter ``m``."""
-    return b"".join(_encode_streams(_gaps_from_positions(positions), int(m)))
-
-
-def _build_blob(positions: np.ndarray, m: int, complemented: bool) -> bytes:
-    """Whole blob (header + streams) for ascending coded ``positions`` with a pinned ``m``."""
-    return _blob_from_gaps(_gaps_from_positions(positions), m, complemented)
 
 
 def _blob_from_gaps(gaps: np.ndarray, m: int, complemented: bool) -> bytes:
@@ -313,6 +306,36 @@ def decode_mask(
     if not 0 <= n < MAX_N:
         raise CodecError(f"mask length n={n} out of range")
     data = _as_bytes(blob)
+    complemented, k, m = _read_header(data, n, expected_kept)
+    payload = np.frombuffer(data, dtype=np.uint8, offset=HEADER_SIZE)
+    width = _params(m)[0] - 1 if m > 1 else 0
+    # Every gap costs at least one bit in C and `width` bits in A: bound k by the blob length
+    # before allocating anything proportional to it.
+    if k * (width + 1) > 8 * payload.size:
+        raise CodecError(f"mask blob too short to hold k={k} gaps with m={m}")
+
+    out = np.zeros(n, dtype=np.bool_)
+    if k == 0:
+        if payload.size:
+            raise CodecError(f"mask blob has {payload.size} trailing bytes")
+    else:
+        r, pos = _read_remainders(payload, k, m)  # streams A and B
+        c_bytes = payload[pos:]  # stream C: the rest of the blob
+        c_nbits = _check_unary(c_bytes, k)
+        if m == 1:
+            # Every gap is pure unary, so stream C is the bitmap of the coded positions itself.
+            if c_nbits > n:
+                raise CodecError(f"decoded mask index >= n={n}")
+            out[:c_nbits] = np.unpackbits(c_bytes, count=c_nbits, bitorder="little").view(np.bool_)
+        else:
+            out[_positions(c_bytes, c_nbits, r, m, n)] = True
+    if complemented:
+        np.logical_not(out, out=out)
+    return out
+
+
+def _read_header(data: bytes, n: int, expected_kept: int | None) -> tuple[bool, int, int]:
+    """Validate the 18-byte header against ``n`` (and ``expected_kept``); return (complemented, k, m)."""
     if len(data) < HEADER_SIZE:
         raise CodecError(f"mask blob truncated: {len(data)} bytes, header needs {HEADER_SIZE}")
     version, flags = data[0], data[1]
@@ -332,78 +355,57 @@ def decode_mask(
     kept = n - k if complemented else k
     if expected_kept is not None and kept != int(expected_kept):
         raise CodecError(f"mask blob keeps {kept} weights but {int(expected_kept)} were declared")
+    return complemented, k, m
 
-    payload = np.frombuffer(data, dtype=np.uint8, offset=HEADER_SIZE)
-    plen = payload.size
+
+def _read_remainders(payload: np.ndarray, k: int, m: int) -> tuple[np.ndarray | None, int]:
+    """The k Golomb remainders from streams A and B (None when m = 1) and the offset of stream C."""
+    if m == 1:
+        return None, 0
     b, c = _params(m)
-    width = b - 1 if m > 1 else 0
-    # Every gap costs at least one bit in C and `width` bits in A: bound k by the blob length
-    # before allocating anything proportional to it.
-    if k * (width + 1) > 8 * plen:
-        raise CodecError(f"mask blob too short to hold k={k} gaps with m={m}")
-
-    out = np.zeros(n, dtype=np.bool_)
-    if k == 0:
-        if plen:
-            raise CodecError(f"mask blob has {plen} trailing bytes")
-        if complemented:
-            out[:] = True
-        return out
-
-    # ---- stream A
+    width = b - 1
+    v = np.zeros(k, dtype=np.int64)
     pos = 0
-    if width > 0:
+    if width > 0:  # stream A: `width` bits per gap
         a_len = _nbytes(k * width)
         a_bits = np.unpackbits(payload[:a_len], bitorder="little")
         if a_bits[k * width :].any():
             raise CodecError("nonzero padding bits in stream A")
         a_bits = a_bits[: k * width].reshape(k, width)
-        v = np.zeros(k, dtype=np.int64)
         for j in range(width):  # a loop over bit positions (<= 61), not over gaps
             v |= a_bits[:, j].astype(np.int64) << j
         del a_bits
         pos = a_len
-    elif m > 1:
-        v = np.zeros(k, dtype=np.int64)
+    # stream B: one extra bit for each gap whose A field is >= c
+    big = v >= c
+    nb = int(np.count_nonzero(big))
+    b_len = _nbytes(nb)
+    if pos + b_len > payload.size:
+        raise CodecError("mask blob truncated in stream B")
+    b_bits = np.unpackbits(payload[pos : pos + b_len], bitorder="little")
+    if b_bits[nb:].any():
+        raise CodecError("nonzero padding bits in stream B")
+    v[big] = ((v[big] << 1) | b_bits[:nb].astype(np.int64)) - c
+    return v, pos + b_len
 
-    # ---- stream B
-    if m > 1:
-        big = v >= c
-        nb = int(np.count_nonzero(big))
-        b_len = _nbytes(nb)
-        if pos + b_len > plen:
-            raise CodecError("mask blob truncated in stream B")
-        b_bits = np.unpackbits(payload[pos : pos + b_len], bitorder="little")
-        if b_bits[nb:].any():
-            raise CodecError("nonzero padding bits in stream B")
-        r = v
-        r[big] = ((v[big] << 1) | b_bits[:nb].astype(np.int64)) - c
-        pos += b_len
-    else:
-        r = None
 
-    # ---- stream C: the rest of the blob, exactly k one-bits, ending in its last byte
-    c_bytes = payload[pos:]
+def _check_unary(c_bytes: np.ndarray, k: int) -> int:
+    """Stream C must hold exactly k one-bits and end in the byte of the last; return its bit length."""
     ones = int(_POPCOUNT[c_bytes].sum(dtype=np.int64))
     if ones != k:
         which = "too few" if ones < k else "too many"
         raise CodecError(f"{which} unary ends in stream C: {ones}, expected {k}")
     if c_bytes[-1] == 0:
         raise CodecError("mask blob has trailing bytes after stream C")
-    c_nbits = 8 * (c_bytes.size - 1) + int(c_bytes[-1]).bit_length()  # through the k-th one
+    return 8 * (c_bytes.size - 1) + int(c_bytes[-1]).bit_length()  # through the k-th one
 
-    if m == 1:
-        # Every gap is pure unary, so stream C is the bitmap of the coded positions itself.
-        if c_nbits > n:
-            raise CodecError(f"decoded mask index >= n={n}")
-        out[:c_nbits] = np.unpackbits(c_bytes, count=c_nbits, bitorder="little").view(np.bool_)
-        if complemented:
-            np.logical_not(out, out=out)
-        return out
 
-    # idx_i = Q_i * m + R_i + i, with Q = cumsum(q) = ends - i and R = cumsum(r); each term is
-    # bounded before it is formed so that nothing overflows int64.
-    ramp = np.arange(k, dtype=np.int64)
+def _positions(c_bytes: np.ndarray, c_nbits: int, r: np.ndarray, m: int, n: int) -> np.ndarray:
+    """Coded positions idx_i = Q_i·m + R_i + i, with Q = cumsum(q) = ends − i and R = cumsum(r).
+
+    Each term is bounded before it is formed so that nothing overflows int64; `r` is consumed.
+    """
+    ramp = np.arange(r.size, dtype=np.int64)
     idx = np.flatnonzero(np.unpackbits(c_bytes, count=c_nbits, bitorder="little"))
     idx -= ramp
     if int(idx[-1]) > (n - 1) // m:
@@ -415,10 +417,7 @@ def decode_mask(
     idx += ramp
     if int(idx[-1]) >= n:
         raise CodecError(f"decoded mask index >= n={n}")
-    out[idx] = True
-    if complemented:
-        np.logical_not(out, out=out)
-    return out
+    return idx
 
 
 def coded_bits(blob: bytes | np.ndarray) -> int:

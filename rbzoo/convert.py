@@ -31,7 +31,7 @@ from .checkpoint import save as save_checkpoint
 from .data import dataset_metadata, get_spec
 from .errors import CheckpointError, ConfigError, HubError, RbzooError, VerificationError
 from .exact import clean_accuracy
-from .layers import kept_count
+from .layers import kept_count, top_mask
 from .models import create_model
 from .models._registry import fold
 
@@ -192,39 +192,19 @@ def _check_state(state: dict, expected: dict, *, arch: str, num_classes: int, en
 def official_mask(scores: torch.Tensor, keep: float) -> tuple[torch.Tensor, bool]:
     """The official TopMask (method.md §2): sort |s| ascending, zero the j = int((1−k)·n) smallest.
 
-    Ties are broken as a stable sort breaks them (the lower flat index is pruned first), which is
-    what CPU torch.sort does; the official CUDA sort left them unspecified. Computed with a top-k
-    selection instead of a full sort. Returns (bool mask, whether equal values straddle the cut);
-    raises ValueError on NaN or infinite scores.
+    Equal |s| at the cut: the lower flat index is pruned first (``top_mask(ties="high")``, what a
+    stable ascending sort gives). The official GPU sort is not stable, so which tied weights its
+    run kept is unspecified. Returns (bool mask, whether equal values straddle the cut); raises
+    ValueError on NaN or infinite scores.
     """
     flat = scores.detach().abs().flatten()
-    n = flat.numel()
-    j = int((1.0 - float(keep)) * n)
-    if j <= 0 or j >= n:
-        if not bool(torch.isfinite(flat).all()):
-            raise ValueError("scores hold NaN or infinite values")
-        return torch.full_like(scores, j <= 0, dtype=torch.bool), False
-    top = torch.topk(flat, n - j + 1).values  # the n − j kept values and the largest pruned one (NaN sorts first)
-    if not bool(torch.isfinite(top[0])):
+    if not bool(torch.isfinite(flat).all()):
         raise ValueError("scores hold NaN or infinite values")
-    first_kept, last_pruned = top[-2], top[-1]
-    if last_pruned < first_kept:  # no tie at the cut: keep exactly the values above it
-        return (flat >= first_kept).view_as(scores), False
-    t = first_kept
-    mask = flat > t
-    ties = torch.nonzero(flat == t).flatten()  # ascending indices
-    below = n - int(torch.count_nonzero(mask)) - ties.numel()  # values below t: all pruned
-    mask[ties[j - below:]] = True  # the j − below lowest-index ties are pruned, the rest kept
-    return mask.view_as(scores), True
-
-
-def sort_mask(scores: torch.Tensor, keep: float) -> torch.Tensor:
-    """The official rule literally (a stable full sort); the reference :func:`official_mask` is tested against."""
-    flat = scores.detach().abs().flatten()
-    j = int((1.0 - float(keep)) * flat.numel())
-    mask = torch.ones(flat.numel(), dtype=torch.bool)
-    mask[torch.sort(flat, stable=True).indices[:j]] = False
-    return mask.view_as(scores)
+    mask = top_mask(flat, kept_count(flat.numel(), keep), ties="high")
+    if mask.all() or not mask.any():
+        return mask.view_as(scores), False
+    tie = bool(flat[mask].min() == flat[~mask].max())  # the smallest kept equals the largest pruned
+    return mask.view_as(scores), tie
 
 
 # ------------------------------------------------------------------------------------- official forward
@@ -373,15 +353,63 @@ def convert_official(path: str | Path, *, arch: str, keep: float = 0.01, p: floa
     official_arch = obj.get("arch")
     dataset, num_classes = _resolve(arch, num_classes, dataset, official_arch)
     dspec = get_spec(dataset)
-    try:
-        with torch.device("meta"):  # names, shapes, dtypes and per-layer keep; no memory
-            skeleton = create_model(arch, num_classes=num_classes, mean=dspec.mean, std=dspec.std,
-                                    end_with_bn=end_with_bn, keep=keep, p=p, materialize=False)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    skeleton = _skeleton(arch, num_classes, dspec, end_with_bn, keep, p)
     state = _strip_prefix(obj["state_dict"], path)
     _check_state(state, skeleton.state_dict(), arch=arch, num_classes=num_classes, end_with_bn=end_with_bn, path=path)
+    masks, weights, layers = _official_masks(skeleton, state, path)
 
+    size = check_size or dspec.image_size
+    batch = check_batch or (4 if size <= 64 else 2)
+    x = torch.rand(batch, dspec.channels, size, size, generator=torch.Generator().manual_seed(seed))
+    probe: dict = {}
+    ref, lit = _official_logits(state, weights, NET_SPECS[arch], x, probe, dspec=dspec, end_with_bn=end_with_bn,
+                                width=skeleton.arch.get("width", 8))
+    check = bn_check(masks, state, probe) if bn_consistency else {"skipped": True, "ok": True}
+    if not check["ok"]:
+        worst = sorted(check["layers"], key=lambda r: -(r["sparse"] + r["dense"]))[:3]
+        where = ", ".join(f"{r['layer']} ({r['sparse']} sparse, {r['dense']} dense)" for r in worst)
+        raise ConfigError(f"{path}: the BatchNorm statistics contradict the masks of --keep {keep:g} --p {p:g}: "
+                          f"{check['sparse']} channels pruned whole carried signal and {check['dense']} silent channels "
+                          f"would be connected (of {check['checked']}; at most {check['allowed']} tolerated), e.g. "
+                          f"{where}; was it trained with other --keep/--p (the paper's zoo: 0.01/0.1)? "
+                          f"--no-bn-check converts anyway")
+
+    model, rest = _folded_model(skeleton, weights, state)
+    source_sha, source_bytes = file_sha256(path)
+    record = {k: _plain(v) for k, v in obj.items() if k not in ("state_dict", "optimizer")}
+    metadata = {
+        "rbzoo.dataset": dataset_metadata(dataset),
+        "rbzoo.train": {"arch": arch, "dataset": dataset, "keep": keep, "p": p, "end_with_bn": end_with_bn,
+                        "objective": objective, "source": "official", "official_arch": _plain(official_arch)},
+        "rbzoo.source": {"file": path.name, "sha256": source_sha, "size": source_bytes,
+                         "format": "IVRL/RobustBinarySubNet torch.save checkpoint", "record": record},
+    }
+    digest, got, diff, out_bytes = _write_equivalent(model, out, metadata, x, ref, path)
+
+    n = sum(r["n"] for r in layers)
+    bn_floats = sum(v.numel() for k, v in rest.items() if v.is_floating_point())
+    scale = ref.abs().max().clamp_min(1e-30)
+    return ConvertReport(
+        source=path, out=out, source_bytes=source_bytes, source_sha256=source_sha, out_bytes=out_bytes,
+        weights_sha256=digest, arch=skeleton.arch, dataset=dataset, keep=keep, p=p, n_weights=n,
+        kept=sum(r["kept"] for r in layers), float32_bytes=4 * (n + bn_floats), layers=layers,
+        check_inputs=batch, check_seed=seed, max_abs_diff=diff,
+        official_pool_rel_diff=None if lit is None else ((got - lit).abs().max() / scale).item(),
+        bn_check=check, official={"arch": _plain(official_arch), **record})
+
+
+def _skeleton(arch: str, num_classes: int, dspec, end_with_bn: bool, keep: float, p: float) -> torch.nn.Module:
+    """The rbzoo network on the meta device: names, shapes, dtypes and per-layer keep; no memory."""
+    try:
+        with torch.device("meta"):
+            return create_model(arch, num_classes=num_classes, mean=dspec.mean, std=dspec.std,
+                                end_with_bn=end_with_bn, keep=keep, p=p, materialize=False)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _official_masks(skeleton, state: dict, path: Path) -> tuple[dict, dict, list[dict]]:
+    """Per prunable layer: the official mask, the effective weight ±1 × mask, and a report row."""
     modules = dict(skeleton.named_modules())
     masks, weights, layers = {}, {}, []
     for key in skeleton.prunable_keys:
@@ -400,17 +428,17 @@ def convert_official(path: str | Path, *, arch: str, keep: float = 0.01, p: floa
         masks[name], weights[name] = mask, w * mask
         layers.append({"name": key, "shape": list(w.shape), "n": w.numel(), "keep": m.keep, "kept": kept,
                        "boundary_tie": tie})
+    return masks, weights, layers
 
-    spec = NET_SPECS[arch]
-    size = check_size or dspec.image_size
-    batch = check_batch or (4 if size <= 64 else 2)
-    x = torch.rand(batch, dspec.channels, size, size, generator=torch.Generator().manual_seed(seed))
-    probe: dict = {}
-    fwd = dict(mean=dspec.mean, std=dspec.std, end_with_bn=end_with_bn, width=skeleton.arch.get("width", 8))
+
+def _official_logits(state: dict, weights: dict, spec: NetSpec, x: torch.Tensor, probe: dict, *, dspec,
+                     end_with_bn: bool, width: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The official forward's logits on `x` (filling `probe`), and those of the literal
+    avg_pool2d(4) CIFAR head when the final map is 4×4 (else None)."""
     with torch.no_grad():
-        ref = official_forward(state, weights, spec, x, probe=probe, **fwd)
+        ref = official_forward(state, weights, spec, x, probe=probe, mean=dspec.mean, std=dspec.std,
+                               end_with_bn=end_with_bn, width=width)
         features = probe.pop("features")
-        scale = ref.abs().max().clamp_min(1e-30)
         lit = None
         if not spec.imagenet and features.shape[-2:] == (4, 4):
             # The literal official CIFAR head, avg_pool2d(4); rbzoo pools the same way, so this
@@ -419,33 +447,24 @@ def convert_official(path: str | Path, *, arch: str, keep: float = 0.01, p: floa
             if end_with_bn:
                 lit = F.batch_norm(lit, state["last.running_mean"], state["last.running_var"], None, None, False, 0.0, BN_EPS)
             lit = lit.flatten(1)
-    check = bn_check(masks, state, probe) if bn_consistency else {"skipped": True, "ok": True}
-    if not check["ok"]:
-        worst = sorted(check["layers"], key=lambda r: -(r["sparse"] + r["dense"]))[:3]
-        where = ", ".join(f"{r['layer']} ({r['sparse']} sparse, {r['dense']} dense)" for r in worst)
-        raise ConfigError(f"{path}: the BatchNorm statistics contradict the masks of --keep {keep:g} --p {p:g}: "
-                          f"{check['sparse']} channels pruned whole carried signal and {check['dense']} silent channels "
-                          f"would be connected (of {check['checked']}; at most {check['allowed']} tolerated), e.g. "
-                          f"{where}; was it trained with other --keep/--p (the paper's zoo: 0.01/0.1)? "
-                          f"--no-bn-check converts anyway")
+    return ref, lit
 
+
+def _folded_model(skeleton, weights: dict, state: dict) -> tuple[torch.nn.Module, dict]:
+    """The eval-mode folded network holding the official masks and BN state; also the BN state."""
     model = fold(skeleton, weights={f"{n}.weight": w for n, w in weights.items()})
     prunable = {k[: -len(".weight")] for k in skeleton.prunable_keys}
     rest = {k: v for k, v in state.items() if k.rsplit(".", 1)[0] not in prunable}
     missing, unexpected = model.load_state_dict(rest, strict=False, assign=True)  # replaces the meta tensors
     if unexpected or set(missing) != set(skeleton.prunable_keys):
         raise CheckpointError(f"internal error: BN state does not load: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    model.eval()
+    return model.eval(), rest
 
-    source_sha, source_bytes = file_sha256(path)
-    record = {k: _plain(v) for k, v in obj.items() if k not in ("state_dict", "optimizer")}
-    metadata = {
-        "rbzoo.dataset": dataset_metadata(dataset),
-        "rbzoo.train": {"arch": arch, "dataset": dataset, "keep": keep, "p": p, "end_with_bn": end_with_bn,
-                        "objective": objective, "source": "official", "official_arch": _plain(official_arch)},
-        "rbzoo.source": {"file": path.name, "sha256": source_sha, "size": source_bytes,
-                         "format": "IVRL/RobustBinarySubNet torch.save checkpoint", "record": record},
-    }
+
+def _write_equivalent(model, out: Path, metadata: dict, x: torch.Tensor, ref: torch.Tensor,
+                      path: Path) -> tuple[str, torch.Tensor, float, int]:
+    """Save `model` atomically at `out` only if the file read back gives logits equal to `ref` in
+    every bit; returns (weights digest, its logits, max |Δ|, file size)."""
     with atomic_path(out) as tmp:
         digest = save_checkpoint(model, tmp, metadata=metadata, signs="explicit")
         converted = load_checkpoint(tmp)
@@ -457,16 +476,7 @@ def convert_official(path: str | Path, *, arch: str, keep: float = 0.01, p: floa
             raise CheckpointError(f"{path}: equivalence check failed: the converted model's logits differ from the "
                                   f"official forward pass (max |Δ| = {diff:.3g}); nothing written")
         out_bytes = tmp.stat().st_size
-
-    n = sum(r["n"] for r in layers)
-    bn_floats = sum(v.numel() for k, v in rest.items() if v.is_floating_point())
-    return ConvertReport(
-        source=path, out=out, source_bytes=source_bytes, source_sha256=source_sha, out_bytes=out_bytes,
-        weights_sha256=digest, arch=skeleton.arch, dataset=dataset, keep=keep, p=p, n_weights=n,
-        kept=sum(r["kept"] for r in layers), float32_bytes=4 * (n + bn_floats), layers=layers,
-        check_inputs=batch, check_seed=seed, max_abs_diff=diff,
-        official_pool_rel_diff=None if lit is None else ((got - lit).abs().max() / scale).item(),
-        bn_check=check, official={"arch": _plain(official_arch), **record})
+    return digest, got, diff, out_bytes
 
 
 # ------------------------------------------------------------------------------------- zoo import

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from .codec import pack_bits
 from .errors import ConfigError, VerificationError
 
 # --- numerics profiles ---------------------------------------------------------------------------
@@ -219,17 +220,6 @@ def unpack_uint(data: bytes, n: int, width: int = 1) -> np.ndarray:
     for j in range(width):
         out |= planes[:, j].astype(np.int64) << j
     return out
-
-
-def pack_bits(bits: np.ndarray) -> bytes:
-    """0/1 values (bool or integer) packed 8 per byte, least significant bit first (format.md's
-    packbits little): pack_uint's 1-bit fields, without widening a large mask to int64."""
-    b = np.asarray(bits).reshape(-1)
-    if b.dtype != bool:
-        if b.size and (b.min() < 0 or b.max() > 1):
-            raise ValueError("bits must be 0 or 1")
-        b = b.astype(bool)
-    return np.packbits(b, bitorder="little").tobytes()
 
 
 def pack_flags(flags: np.ndarray) -> str:

@@ -33,12 +33,24 @@ def kept_count(n: int, keep: float) -> int:
     return n - int((1.0 - float(keep)) * n)
 
 
-def top_mask(scores: torch.Tensor, kept: int) -> torch.Tensor:
+TIES = ("low", "high")
+
+
+def top_mask(scores: torch.Tensor, kept: int, *, ties: str = "low") -> torch.Tensor:
     """Boolean mask (same shape as `scores`) keeping exactly the `kept` largest |scores|.
 
-    On CPU, ties at the boundary go to the lower flat index, so the mask is deterministic. Other
-    devices use `torch.topk`, whose tie order is unspecified (as the official CUDA sort's is).
+    Equal |scores| at the cut are split by flat index, on CPU deterministically:
+    ``ties="low"`` keeps the lower index (rbzoo's rule: training, evaluation, every checkpoint it
+    writes); ``ties="high"`` keeps the higher one, i.e. prunes the lower one first, as a stable
+    ascending sort does (how `convert` reads the official rule). The official code sorts on the
+    GPU without a stable flag, so its tie order is unspecified; so is ours on non-CPU devices,
+    which use `torch.topk`, whatever `ties` says.
     """
+    if ties not in TIES:
+        raise ValueError(f"ties must be one of {TIES}, got {ties!r}")
+    if ties == "high":  # the mirror image: reversing the flat order turns "high" into "low"
+        flipped = scores.detach().reshape(-1).flip(0)
+        return top_mask(flipped, kept).flip(0).view_as(scores)
     flat = scores.detach().reshape(-1)
     n = flat.numel()
     if kept >= n:
@@ -280,8 +292,3 @@ def dense_conv(in_channels, out_channels, kernel_size, stride=1, padding=0, bias
     """A trainable float convolution (for the optional dense first/last layer)."""
     conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=bias)
     return conv
-
-
-def fan_in(module: nn.Module) -> int:
-    w = module.weight
-    return int(math.prod(w.shape[1:]))

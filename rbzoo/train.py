@@ -15,7 +15,7 @@ validation accuracy, and write the run folder:
 Every file is replaced atomically, and state.pt is written last, so a run killed at any moment
 resumes from the last completed epoch. Randomness is reseeded at the start of every epoch from
 (seed, epoch, rank), which makes an interrupted and resumed CPU run bit-identical to an
-uninterrupted one.
+uninterrupted one; that is why state.pt holds no RNG state (tests/test_train_resume.py).
 """
 
 from __future__ import annotations
@@ -201,28 +201,6 @@ def evaluate_split(model: nn.Module, dataset: Dataset, indices: list[int], cfg: 
 # --- training state (everything stored as tensors and plain types: weights_only loads it) -------
 
 
-def rng_state() -> dict:
-    np_state = np.random.get_state()
-    py_version, py_internal, py_gauss = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-        "python": {"version": py_version, "state": torch.tensor(py_internal, dtype=torch.int64), "gauss_next": py_gauss},
-    }
-
-
-def set_rng_state(s: dict) -> None:
-    torch.set_rng_state(s["torch"])
-    if s["cuda"] and torch.cuda.is_available() and len(s["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(s["cuda"])
-    n = s["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
-    p = s["python"]
-    random.setstate((p["version"], tuple(p["state"].tolist()), p["gauss_next"]))
-
-
 def read_state(run_dir: Path) -> dict | None:
     path = run_dir / STATE_FILE
     if not path.is_file():
@@ -386,7 +364,6 @@ def _train(cfg, out, ctx, resume, force, progress, log, t_start) -> TrainResult:
             objective.load_state_dict(state["objective"])
         except ValueError as e:
             raise CheckpointError(f"{out}/{STATE_FILE}: {e}") from None
-        set_rng_state(state["rng"])
         start, history, elapsed = state["epoch"], list(state["history"]), state["elapsed_s"]
         best_epoch, best_metric = state["best"]["epoch"], state["best"]["metric"]
         best_bytes = state["best_checkpoint"].numpy().tobytes() if state["best_checkpoint"] is not None else None
@@ -499,7 +476,7 @@ def _train(cfg, out, ctx, resume, force, progress, log, t_start) -> TrainResult:
                 snapshot = {
                     "format": STATE_FORMAT, "epoch": epoch + 1, "config": cfg.metadata(),
                     "model": model_state(net), "optimizer": optimizer.state_dict(), "objective": objective.state_dict(),
-                    "rng": rng_state(), "best": {"epoch": best_epoch, "metric": best_metric},
+                    "best": {"epoch": best_epoch, "metric": best_metric},
                     "best_checkpoint": None if best_bytes is None else torch.frombuffer(bytearray(best_bytes), dtype=torch.uint8),
                     "history": history, "elapsed_s": elapsed,
                 }

@@ -13,19 +13,29 @@ from hypothesis import strategies as st
 
 from rbzoo.codec import (
     HEADER_SIZE,
-    _build_blob,
+    _blob_from_gaps,
     _encode_streams,
-    _encode_with_m,
     _gaps_from_positions,
     coded_bits,
     decode_mask,
     encode_mask,
     entropy_bound_bits,
+    pack_bits,
 )
 from rbzoo.errors import CodecError
 
 
 # ------------------------------------------------------------------------------------ helpers
+
+
+def _encode_with_m(positions: np.ndarray, m: int) -> bytes:
+    """Streams A | B | C (no header) for ascending coded ``positions`` with a pinned ``m``."""
+    return b"".join(_encode_streams(_gaps_from_positions(positions), int(m)))
+
+
+def _build_blob(positions: np.ndarray, m: int, complemented: bool) -> bytes:
+    """Whole blob (header + streams) for ascending coded ``positions`` with a pinned ``m``."""
+    return _blob_from_gaps(_gaps_from_positions(positions), m, complemented)
 
 
 def _random_mask(n: int, density: float, seed: int) -> np.ndarray:
@@ -489,6 +499,14 @@ def test_entropy_bound_bits():
     assert entropy_bound_bits(1000, 17) == pytest.approx(math.log2(math.comb(1000, 17)))
     with pytest.raises(ValueError):
         entropy_bound_bits(5, 6)
+
+
+def test_pack_bits_is_lsb_first_and_flat():
+    bits = [1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1]  # byte 0: bit 0 set; byte 1: bits 1 and 2 set, zero-padded
+    assert pack_bits(np.array(bits, dtype=np.uint8)) == b"\x01\x06"
+    assert pack_bits(np.array(bits, dtype=bool).reshape(1, 11)) == b"\x01\x06"
+    assert pack_bits(np.zeros(0, dtype=bool)) == b""
+    assert pack_bits(np.ones((3, 3), dtype=bool)) == b"\xff\x01"
 
 
 def test_coded_bits():

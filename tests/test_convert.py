@@ -27,9 +27,10 @@ import rbzoo
 import rbzoo.fetch
 import rbzoo.pruning
 from rbzoo.cli import main
-from rbzoo.convert import OFFICIAL_ARCHS, convert_official, import_zoo_entry, official_mask, sort_mask
+from rbzoo.convert import OFFICIAL_ARCHS, convert_official, import_zoo_entry, official_mask
 from rbzoo.data import DEFAULT_EPS, get_spec
 from rbzoo.errors import CheckpointError, ConfigError, HubError, VerificationError
+from topk_reference import sort_mask
 
 CARDS = Path(__file__).resolve().parent.parent / "cards"
 
@@ -339,7 +340,7 @@ def test_mask_rule_and_ties_follow_the_official_sort(tmp_path):
     for keep in (0.3, 1.0):
         with pytest.raises(ValueError, match="NaN or infinite"):
             official_mask(torch.tensor([0.1, float("nan"), 0.2]), keep)
-    # A layer whose cut falls inside a run of equal scores: stable (lowest index pruned first).
+    # A layer whose cut falls inside a run of equal scores: the lowest indices are pruned first.
     obj = make_official()
     scores = obj["state_dict"]["module.1.layer2.0.conv2.scores"]
     keep = rbzoo.create_model("tiny_resnet", keep=0.2, p=0.5, end_with_bn=True, materialize=False).layer2[0].conv2.keep

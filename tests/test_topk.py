@@ -1,4 +1,4 @@
-"""The CPU top-k of SubnetConv2d: exactly `kept` largest |scores|, ties to the lower index."""
+"""The CPU top-k: exactly the `kept` largest |scores|, ties split by flat index as `ties` says."""
 
 import math
 
@@ -6,14 +6,9 @@ import pytest
 import torch
 
 import rbzoo
-from rbzoo.layers import _band_select, top_mask
-
-
-def _reference(s: torch.Tensor, k: int) -> torch.Tensor:
-    a = s.detach().abs().flatten()
-    mask = torch.zeros(a.numel(), dtype=torch.bool)
-    mask[torch.sort(a, descending=True, stable=True).indices[:k]] = True
-    return mask.view_as(s)
+from rbzoo.layers import _band_select, kept_count, top_mask
+from topk_reference import keep_lower as _reference
+from topk_reference import sort_mask
 
 
 def _scores(kind: str, n: int, g: torch.Generator) -> torch.Tensor:
@@ -39,6 +34,29 @@ def test_top_mask_is_exact(kind, n):
         assert mask.shape == s.shape and mask.dtype == torch.bool
         assert int(mask.sum()) == k
         assert torch.equal(mask, _reference(s, k)), (kind, n, k)
+
+
+def test_ties_at_the_cut_low_keeps_the_lower_index_high_the_higher():
+    s = torch.tensor([0.5, -2.0, 2.0, 2.0, 3.0, 0.1])  # |s| = 2 three times; two of them fit the cut
+    assert top_mask(s, 3).tolist() == [False, True, True, False, True, False]
+    assert top_mask(s, 3, ties="high").tolist() == [False, False, True, True, True, False]
+    assert top_mask(s.view(2, 3), 3, ties="high").shape == (2, 3)
+    with pytest.raises(ValueError, match="ties"):
+        top_mask(s, 3, ties="stable")
+
+
+@pytest.mark.parametrize("n", [7, 4096, 36864, 120_000])  # the full-sort and the band paths
+def test_ties_high_is_the_official_stable_ascending_sort(n):
+    g = torch.Generator().manual_seed(n)
+    s = _scores("ties", n, g)
+    for keep in (0.01, 0.1, 0.5, 0.9):
+        kept = kept_count(n, keep)
+        high, low = top_mask(s, kept, ties="high"), top_mask(s, kept)
+        assert torch.equal(high, sort_mask(s, keep)), (n, keep)
+        assert torch.equal(low, _reference(s, kept)), (n, keep)
+        ordered = s.abs().sort(descending=True).values
+        straddle = 0 < kept < n and bool(ordered[kept - 1] == ordered[kept])
+        assert torch.equal(high, low) != straddle, (n, keep)  # the rules differ exactly on a tie at the cut
 
 
 def test_band_select_checks_its_bracket():

@@ -185,7 +185,7 @@ def test_objectives_end_to_end(cifar10_root, tmp_path, objective):
     # The resolved config is in the folder; the state loads without unpickling code.
     assert load_config(str(out / "config.yaml")) == cfg
     state = torch.load(out / STATE_FILE, weights_only=True)
-    assert state["epoch"] == cfg.epochs and isinstance(state["rng"]["torch"], torch.Tensor)
+    assert state["epoch"] == cfg.epochs
     if objective == "fast":
         assert state["objective"]["memory"].shape == (80, 3, 40, 40)
     else:

@@ -50,6 +50,7 @@ def convert(
         console.print(f"BN check: {bn['sparse'] + bn['dense']} contradictions in {bn['checked']:,} channels "
                       f"(≤ {bn['allowed']} tolerated)")
     if r.tied_layers:
-        console.print(f"note: equal |scores| straddle the cut in {', '.join(r.tied_layers)}; resolved like a stable "
-                      f"CPU sort (the official CUDA sort left such ties unspecified)")
+        console.print(f"note: equal |scores| straddle the cut in {', '.join(r.tied_layers)}; rbzoo prunes the lower "
+                      f"flat index first (a stable ascending sort); the official GPU sort is not stable, so which tied "
+                      f"weights the official run kept is unspecified")
     console.print(f"digest    {r.weights_sha256}")

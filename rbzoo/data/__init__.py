@@ -194,8 +194,4 @@ def split_train_valid(n: int, valid_ratio: float, seed: int) -> tuple[np.ndarray
     return np.sort(perm[n_valid:]), np.sort(perm[:n_valid])
 
 
-def num_classes_of(name: str) -> int:
-    return get_spec(name).num_classes
-
-
 __all__ = ["DATASETS", "DEFAULT_EPS", "dataset_metadata", "DatasetSpec", "Subset", "get_dataset", "get_spec", "split_train_valid", "train_transform", "test_transform"]
