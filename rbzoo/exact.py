@@ -188,13 +188,14 @@ def pack_uint(values: np.ndarray, width: int = 1) -> bytes:
     """Pack non-negative integers in `width`-bit fields, least significant bit first, fields in
     order, bytes filled from their lowest bit (numpy's bitorder="little"); zero padding at the end.
     width 1 packs flags; width 16 gives exactly the bytes of little-endian uint16."""
-    if width == 1:
-        return pack_bits(values)
-    v = np.asarray(values).reshape(-1).astype(np.int64, copy=False)
+    v = np.asarray(values).reshape(-1)
     if not 1 <= width <= 32:
         raise ValueError(f"field width {width} out of range 1..32")
-    if v.size and (v.min() < 0 or v.max() >= 1 << width):
+    if v.dtype != bool and v.size and (v.min() < 0 or v.max() >= 1 << width):
         raise ValueError(f"values do not fit in {width} bits")
+    if width == 1:
+        return pack_bits(v)
+    v = v.astype(np.int64, copy=False)
     if width in _BYTE_ALIGNED:
         return v.astype(_BYTE_ALIGNED[width]).tobytes()
     bits = np.empty((v.size, width), np.uint8)

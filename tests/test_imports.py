@@ -21,9 +21,7 @@ KNOWN_CYCLES_TO_REMOVE = {
     # `from . import __version__` in checkpoint works only because rbzoo/__init__ sets it before
     # importing checkpoint; a leaf module for the version removes it.
     ("rbzoo", "rbzoo.checkpoint"),
-    ("rbzoo.evaluate", "rbzoo.robust"),
     ("rbzoo.evaluate", "rbzoo.resolve", "rbzoo.hub"),
-    ("rbzoo.convert", "rbzoo.evaluate", "rbzoo.resolve", "rbzoo.hub"),
 }
 
 # Who may import the CLI package: the CLI itself, and `python -m rbzoo`.
