@@ -33,13 +33,14 @@ import numpy as np
 
 from . import __version__
 from ._io import file_sha256 as sha256_file
-from ._io import write_bytes, write_json, write_text
+from ._io import write_bytes, write_text
 from .cards import HEX40, HEX64, NAME_RE, OBJECTIVES, REPO_RE, Card, build_card, load_card
 from .checkpoint import Checkpoint, build, read
 from .constants import cards_dir as default_cards_dir
 from .constants import hf_cache_dir, hf_endpoint, hf_offline, hf_token, rbzoo_home
 from .errors import CheckpointError, ConfigError, DataError, HubError, RbzooError, VerificationError
 from .evaluate import checkpoint_dataset
+from .registry import Registry
 
 CARD_FILE = "README.md"
 CHECKPOINT_FILE = "model.safetensors"
@@ -175,35 +176,17 @@ def _load_checkpoint(path: Path) -> tuple[Checkpoint, object]:
     return ck, build(ck)
 
 
-def _registry_path() -> Path:
-    return rbzoo_home() / REGISTRY_FILE
-
-
-def _registry() -> dict:
-    path = _registry_path()
-    try:
-        data = json.loads(path.read_text("utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError):
-        return {}  # a cache: an unreadable registry only means re-verifying
-    return data if isinstance(data, dict) and isinstance(data.get("entries"), dict) else {}
+def _registry() -> Registry:
+    return Registry(rbzoo_home() / REGISTRY_FILE, envelope="rbzoo_registry")
 
 
 def registry_entries() -> dict[str, dict]:
     """The verified-pull registry: key `repo@commit:sha256` -> record."""
-    return dict(_registry().get("entries", {}))
+    return _registry().entries()
 
 
-def _registry_put(key: str, record: dict | None) -> None:
-    data = _registry() or {"rbzoo_registry": 1, "entries": {}}
-    if record is None:
-        if key not in data["entries"]:
-            return
-        del data["entries"][key]
-    else:
-        data["entries"][key] = record
-    write_json(_registry_path(), data)
+def _registry_put(key: str, record: dict | None, *, if_absent: bool = False) -> None:
+    _registry().update(key, record, if_absent=if_absent)
 
 
 def _key(repo_id: str | None, commit: str | None, sha256: str) -> str:
@@ -670,8 +653,8 @@ def _check(f: _Fetched, *, verify: bool, data_dir, device: str, progress: Progre
         out.status, out.clean_correct, out.n_examples = "cached", rec["clean_correct"], rec["n_examples"]
         return out
     if not verify:
-        if rec is None:  # never overwrite a verified or an unverified mark
-            _registry_put(key, {**base, "status": "downloaded", "checked_at": _now()})
+        # never overwrite a verified or an unverified mark (another process may have set one meanwhile)
+        _registry_put(key, {**base, "status": "downloaded", "checked_at": _now()}, if_absent=True)
         return out
 
     from .evaluate import clean_accuracy
