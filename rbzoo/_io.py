@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -20,7 +21,10 @@ def _umask() -> int:
 
 @contextmanager
 def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path beside `path`; on success it replaces `path`, on error it vanishes."""
+    """Yield a temporary path beside `path`; on success it replaces `path`, on error it vanishes.
+
+    A failed write surfaces as an OSError naming `path` (ENOSPC when the disk is full), never the
+    temporary name; `path` itself is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -31,12 +35,29 @@ def atomic_path(path: str | os.PathLike):
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file normal permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        # torch.save reports a full disk as a RuntimeError without errno: look before the
+        # partial file is deleted (which frees its space).
+        full = isinstance(e, RuntimeError) and _no_space(path.parent)
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
+        if isinstance(e, OSError) and e.filename in (None, tmp, str(tmp)):  # name the file asked for, not the temp
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
+
+
+def _no_space(folder: Path) -> bool:
+    """True when the file system holding `folder` is (nearly) full."""
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+        return False
+    blocks = st.f_bfree if os.geteuid() == 0 else st.f_bavail  # root may use the reserved blocks
+    return blocks * st.f_frsize < (64 << 10)
 
 
 def check_output(out: str | os.PathLike, *, inputs: tuple = (), force: bool = False, kind: str = "output") -> Path:

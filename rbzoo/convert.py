@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._io import atomic_path, file_sha256
+from ._io import atomic_path, check_output, file_sha256
 from .checkpoint import load as load_checkpoint
 from .checkpoint import save as save_checkpoint
 from .data import dataset_metadata, get_spec
@@ -68,6 +68,7 @@ ACTIVE_REL = 1e-4  # a channel above this carried signal during training
 ZERO_REL = 1e-10  # a channel at or below this was constant zero (0.9^t decay of an empty channel)
 LIVE_REL = 1e-4  # an input channel whose activations reach this fraction of the largest is live
 BN_TOLERANCE = (8, 0.005)  # contradictions allowed: max(8, 0.5 % of the channels checked)
+BN_MOMENTUM = 0.1  # the official BatchNorm2d default: an empty channel's running_var decays ×0.9 per update
 
 
 @dataclass
@@ -192,10 +193,11 @@ def _check_state(state: dict, expected: dict, *, arch: str, num_classes: int, en
 def official_mask(scores: torch.Tensor, keep: float) -> tuple[torch.Tensor, bool]:
     """The official TopMask (method.md §2): sort |s| ascending, zero the j = int((1−k)·n) smallest.
 
-    Equal |s| at the cut: the lower flat index is pruned first (``top_mask(ties="high")``, what a
-    stable ascending sort gives). The official GPU sort is not stable, so which tied weights its
-    run kept is unspecified. Returns (bool mask, whether equal values straddle the cut); raises
-    ValueError on NaN or infinite scores.
+    Ties follow rbzoo's rule, that of a stable ascending sort (`torch.sort(stable=True)`): the lower
+    flat index is pruned first. Plain `torch.sort` promises no order for ties on any device, and
+    the official CUDA sort left them unspecified (docs/convert.md). Computed with a top-k
+    selection instead of a full sort. Returns (bool mask, whether equal values straddle the cut);
+    raises ValueError on NaN or infinite scores.
     """
     flat = scores.detach().abs().flatten()
     if not bool(torch.isfinite(flat).all()):
@@ -279,9 +281,12 @@ def bn_check(masks: dict[str, torch.Tensor], state: dict[str, torch.Tensor], pro
     prune the channel's whole row but its BN saw signal: these masks keep too little) and "dense"
     (the BN saw nothing but the masks connect the channel to a live input: they keep too much).
     Channels whose rows changed in the last few dozen training steps can contradict honestly,
-    hence a tolerance. The check cannot see errors that do not empty or fill whole rows.
+    hence a tolerance. The check cannot see errors that do not empty or fill whole rows, nor judge
+    a BN whose statistics had too few updates (`num_batches_tracked`) for an empty channel's
+    variance to decay: such BNs are counted in `young_bns` and not checked; if no BN could be
+    checked, the result is not ok (nothing was verified).
     """
-    checked, sparse, dense, per_layer = 0, 0, 0, []
+    checked, sparse, dense, per_layer, young = 0, 0, 0, [], []
     for name, mask in masks.items():
         bn, live = probe.get(name, (None, None))
         if bn is None:
@@ -289,6 +294,12 @@ def bn_check(masks: dict[str, torch.Tensor], state: dict[str, torch.Tensor], pro
         rv = state[f"{bn}.running_var"].double()
         scale = rv.median().item() if rv.median().item() > 0 else rv.max().item()
         if scale <= 0:
+            continue
+        updates = state.get(f"{bn}.num_batches_tracked")
+        # An empty channel still holds (1 − momentum)^updates of its initial variance 1: until that
+        # is below the "silent" threshold, empty and live channels cannot be told apart.
+        if updates is not None and (1 - BN_MOMENTUM) ** max(int(updates), 0) > ZERO_REL * scale:
+            young.append(int(updates))
             continue
         links = mask.flatten(2).any(2)  # (out, in): does any kept weight join the two channels
         rows = links.any(1)
@@ -301,7 +312,8 @@ def bn_check(masks: dict[str, torch.Tensor], state: dict[str, torch.Tensor], pro
             per_layer.append({"layer": name, "bn": bn, "sparse": s, "dense": d})
     allowed = max(BN_TOLERANCE[0], math.ceil(BN_TOLERANCE[1] * checked))
     return {"checked": checked, "sparse": sparse, "dense": dense, "allowed": allowed,
-            "ok": sparse + dense <= allowed, "layers": per_layer, "skipped": False}
+            "ok": sparse + dense <= allowed and (checked > 0 or not young), "layers": per_layer, "skipped": False,
+            "young_bns": len(young), "min_updates": min(young) if young else None}
 
 
 # ------------------------------------------------------------------------------------- conversion
@@ -339,16 +351,19 @@ def _plain(v):
 def convert_official(path: str | Path, *, arch: str, keep: float = 0.01, p: float = 0.1,
                      end_with_bn: bool, num_classes: int | None = None, dataset: str | None = None,
                      out: str | Path, objective: str | None = None, bn_consistency: bool = True,
-                     check_batch: int | None = None, check_size: int | None = None, seed: int = 0) -> ConvertReport:
+                     check_batch: int | None = None, check_size: int | None = None, seed: int = 0,
+                     force: bool = False) -> ConvertReport:
     """Convert an official checkpoint to a format-v1 checkpoint with explicit signs at `out`.
 
     Raises CheckpointError/ConfigError (nothing written) if the file does not fit `arch` and the
     options, if the BN statistics contradict the masks of `keep`/`p` (unless
     `bn_consistency=False`), or if the written model's logits differ in any bit from the official
     forward pass on `check_batch` random inputs of the dataset's image size (or `check_size`),
-    drawn in [0, 1] with `seed`.
+    drawn in [0, 1] with `seed`. `out` must not be the input, and must not exist unless `force`
+    (OutputExistsError).
     """
-    path, out = Path(path), Path(out)
+    path = Path(path)
+    out = check_output(out, inputs=(path,), force=force, kind="--out")
     obj = load_official(path)
     official_arch = obj.get("arch")
     dataset, num_classes = _resolve(arch, num_classes, dataset, official_arch)
@@ -365,15 +380,7 @@ def convert_official(path: str | Path, *, arch: str, keep: float = 0.01, p: floa
     ref, lit = _official_logits(state, weights, NET_SPECS[arch], x, probe, dspec=dspec, end_with_bn=end_with_bn,
                                 width=skeleton.arch.get("width", 8))
     check = bn_check(masks, state, probe) if bn_consistency else {"skipped": True, "ok": True}
-    if not check["ok"]:
-        worst = sorted(check["layers"], key=lambda r: -(r["sparse"] + r["dense"]))[:3]
-        where = ", ".join(f"{r['layer']} ({r['sparse']} sparse, {r['dense']} dense)" for r in worst)
-        raise ConfigError(f"{path}: the BatchNorm statistics contradict the masks of --keep {keep:g} --p {p:g}: "
-                          f"{check['sparse']} channels pruned whole carried signal and {check['dense']} silent channels "
-                          f"would be connected (of {check['checked']}; at most {check['allowed']} tolerated), e.g. "
-                          f"{where}; was it trained with other --keep/--p (the paper's zoo: 0.01/0.1)? "
-                          f"--no-bn-check converts anyway")
-
+    _bn_verdict(check, path, keep, p)
     model, rest = _folded_model(skeleton, weights, state)
     source_sha, source_bytes = file_sha256(path)
     record = {k: _plain(v) for k, v in obj.items() if k not in ("state_dict", "optimizer")}
@@ -450,6 +457,24 @@ def _official_logits(state: dict, weights: dict, spec: NetSpec, x: torch.Tensor,
     return ref, lit
 
 
+def _bn_verdict(check: dict, path: Path, keep: float, p: float) -> None:
+    """Raise a one-line ConfigError when the BN statistics are too young to judge, or contradict keep/p."""
+    if not check["ok"] and check["checked"] == 0:
+        raise ConfigError(f"{path}: cannot check --keep {keep:g} --p {p:g} against the BatchNorm statistics: they are "
+                          f"too young to judge (only {check['min_updates']} updates; an empty channel still shows "
+                          f"{(1 - BN_MOMENTUM) ** check['min_updates']:.2g} of its initial variance), so they "
+                          f"neither confirm nor contradict these values; if keep and p are the ones the model was "
+                          f"trained with, convert with --no-bn-check")
+    if not check["ok"]:
+        worst = sorted(check["layers"], key=lambda r: -(r["sparse"] + r["dense"]))[:3]
+        where = ", ".join(f"{r['layer']} ({r['sparse']} sparse, {r['dense']} dense)" for r in worst)
+        raise ConfigError(f"{path}: the BatchNorm statistics contradict the masks of --keep {keep:g} --p {p:g}: "
+                          f"{check['sparse']} channels pruned whole carried signal and {check['dense']} silent channels "
+                          f"would be connected (of {check['checked']}; at most {check['allowed']} tolerated), e.g. "
+                          f"{where}; was it trained with other --keep/--p (the paper's zoo: 0.01/0.1)? "
+                          f"--no-bn-check converts anyway")
+
+
 def _folded_model(skeleton, weights: dict, state: dict) -> tuple[torch.nn.Module, dict]:
     """The eval-mode folded network holding the official masks and BN state; also the BN state."""
     model = fold(skeleton, weights={f"{n}.weight": w for n, w in weights.items()})
@@ -489,7 +514,8 @@ def _card_rbzoo(card: dict) -> dict:
 
 
 def import_zoo_entry(card: dict, source: str | Path | None, *, cache_dir: str | Path,
-                     data_dir: str | Path | None = None, progress: bool = True, device: str = "cpu") -> Path:
+                     data_dir: str | Path | None = None, progress: bool = True, device: str = "cpu",
+                     bn_check: bool = True) -> Path:
     """Fetch (or take) a zoo entry's official file, convert it, and return the checkpoint path.
 
     `card` is the card's parsed front matter (or its `rbzoo` block). `source` is a local copy of
@@ -497,7 +523,8 @@ def import_zoo_entry(card: dict, source: str | Path | None, *, cache_dir: str | 
     recorded) into `cache_dir/official/`. The conversion goes to `cache_dir/<name>.safetensors`
     and is reused while it was made from a file with the same SHA-256. With `data_dir`, the clean
     accuracy on the full test split must equal the card's `expected.clean_correct` exactly
-    (VerificationError otherwise).
+    (VerificationError otherwise). `bn_check=False` skips the BN-statistics check of the card's
+    keep/p (`rbzoo pull --no-bn-check`).
     """
     from .fetch import download
 
@@ -526,7 +553,7 @@ def import_zoo_entry(card: dict, source: str | Path | None, *, cache_dir: str | 
             raise HubError(f"{name}: the card does not say which keep and p the model was trained with")
         convert_official(source, arch=arch["id"], keep=rb["keep"], p=rb["p"], end_with_bn=bool(arch.get("end_with_bn")),
                          num_classes=arch.get("num_classes"), dataset=rb["dataset"], out=out,
-                         objective=rb.get("objective"))
+                         objective=rb.get("objective"), bn_consistency=bn_check, force=True)  # a cache entry: replaced when its source changed
     if data_dir is not None:
         verify_clean(out, rb, data_dir, device=device)
     return out

@@ -43,3 +43,7 @@ class VerificationError(RbzooError):
     """A downloaded model does not reproduce the results its card claims."""
 
     exit_code = 3
+
+
+class RbzooWarning(UserWarning):
+    """Something was repaired or skipped and the user should know (the CLI prints it on one line)."""

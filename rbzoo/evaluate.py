@@ -187,7 +187,9 @@ def run_eval(config: EvalConfig, *, progress: Callable[[str, int, int], None] | 
     results = {
         "rbzoo_results": 1,
         "model_digest": ckpt.digest,
-        "model": {"path": str(path), "arch": ckpt.arch.get("id"), "file_sha256": file_sha256(path)[0]},
+        # Absolute (symlinks kept, so a Hub-cache path still ends in model.safetensors): readers
+        # such as `rbzoo plot` may run from another folder.
+        "model": {"path": os.path.abspath(path), "arch": ckpt.arch.get("id"), "file_sha256": file_sha256(path)[0]},
         "dataset": name,
         "split": config.split,
         "n_examples": n,

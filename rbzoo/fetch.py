@@ -23,7 +23,9 @@ import requests
 
 from ._io import file_sha256 as sha256_file  # (hex digest, size); part of this module's API
 from ._io import write_json
+from .constants import hf_offline
 from .errors import HubError, VerificationError
+from .registry import Registry
 
 REGISTRY_NAME = "downloads.json"
 CHUNK = 1 << 20
@@ -50,7 +52,7 @@ def _read_json(path: Path) -> dict:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as e:
-        raise HubError(f"{path}: unreadable download registry ({e}); delete it to start afresh") from None
+        raise HubError(f"{path}: unreadable resume record ({e}); delete it to start the download afresh") from None
     return data if isinstance(data, dict) else {}
 
 
@@ -122,20 +124,26 @@ def download(url: str, dest: str | Path, *, expected_sha256: str | None = None, 
     """Download `url` to `dest` (resumable, verified, atomic); see the module docstring.
 
     If `dest` already holds the file recorded for `url` (or `expected_sha256`), it is returned
-    without network use unless `force`. Network and HTTP errors are HubError; a size or SHA-256
+    without network use unless `force`; with HF_HUB_OFFLINE set that is the only way (HubError
+    otherwise). Network and HTTP errors are HubError; a size or SHA-256
     that differs from `expected_*` or from the registry is VerificationError. An interrupted
     transfer is resumed up to `retries` times; after that its bytes stay in `DEST.part` for the
     next call.
     """
     dest = Path(dest)
     part, side = dest.with_name(dest.name + ".part"), dest.with_name(dest.name + ".part.json")
-    registry = Path(registry) if registry is not None else dest.parent / REGISTRY_NAME
-    record = _read_json(registry).get(url)
+    registry = Registry(Path(registry) if registry is not None else dest.parent / REGISTRY_NAME)
+    record = registry.get(url)
     want = expected_sha256 or (record or {}).get("sha256")
     if dest.is_file() and not force and want:
         sha, size = sha256_file(dest)
         if sha == want:
             return FetchResult(dest, sha, size, cached=True)
+    if hf_offline():
+        have = ("no complete copy" if not dest.is_file() else "a file with no recorded SHA-256 to check" if not want
+                else "a copy that does not match the recorded SHA-256")
+        raise HubError(f"HF_HUB_OFFLINE is set and {dest} holds {have}: unset HF_HUB_OFFLINE to download "
+                       f"{url}, or give a local copy of the file (e.g. `rbzoo pull NAME --source FILE`)")
     dest.parent.mkdir(parents=True, exist_ok=True)
     session = session or requests.Session()
     resumed = False
@@ -169,11 +177,9 @@ def download(url: str, dest: str | Path, *, expected_sha256: str | None = None, 
         os.fsync(f.fileno())
     os.replace(part, dest)
     side.unlink(missing_ok=True)
-    if record is None:
-        entries = _read_json(registry)
-        entries[url] = {"sha256": sha, "size": size, "file": dest.name,
-                        "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        write_json(registry, entries)
+    if record is None:  # the first download of a URL fixes its bytes (first writer wins)
+        registry.update(url, {"sha256": sha, "size": size, "file": dest.name,
+                              "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, if_absent=True)
     return FetchResult(dest, sha, size, resumed=resumed)
 
 

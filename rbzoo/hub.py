@@ -33,7 +33,7 @@ import numpy as np
 
 from . import __version__
 from ._io import file_sha256 as sha256_file
-from ._io import write_bytes, write_json, write_text
+from ._io import check_output, write_bytes, write_text
 from .cards import HEX40, HEX64, NAME_RE, OBJECTIVES, REPO_RE, Card, build_card, load_card
 from .checkpoint import Checkpoint, build, read
 from .constants import cards_dir as default_cards_dir
@@ -41,6 +41,7 @@ from .constants import hf_cache_dir, hf_endpoint, hf_offline, hf_token, rbzoo_ho
 from .errors import CheckpointError, ConfigError, DataError, HubError, RbzooError, VerificationError
 from .evaluate import checkpoint_dataset
 from .exact import clean_accuracy, pack_uint, predictions_digest, unpack_uint
+from .registry import Registry
 
 CARD_FILE = "README.md"
 CHECKPOINT_FILE = "model.safetensors"
@@ -177,35 +178,17 @@ def _load_checkpoint(path: Path) -> tuple[Checkpoint, object]:
     return ck, build(ck)
 
 
-def _registry_path() -> Path:
-    return rbzoo_home() / REGISTRY_FILE
-
-
-def _registry() -> dict:
-    path = _registry_path()
-    try:
-        data = json.loads(path.read_text("utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError):
-        return {}  # a cache: an unreadable registry only means re-verifying
-    return data if isinstance(data, dict) and isinstance(data.get("entries"), dict) else {}
+def _registry() -> Registry:
+    return Registry(rbzoo_home() / REGISTRY_FILE, envelope="rbzoo_registry")
 
 
 def registry_entries() -> dict[str, dict]:
     """The verified-pull registry: key `repo@commit:sha256` -> record."""
-    return dict(_registry().get("entries", {}))
+    return _registry().entries()
 
 
-def _registry_put(key: str, record: dict | None) -> None:
-    data = _registry() or {"rbzoo_registry": 1, "entries": {}}
-    if record is None:
-        if key not in data["entries"]:
-            return
-        del data["entries"][key]
-    else:
-        data["entries"][key] = record
-    write_json(_registry_path(), data)
+def _registry_put(key: str, record: dict | None, *, if_absent: bool = False) -> None:
+    _registry().update(key, record, if_absent=if_absent)
 
 
 def _key(repo_id: str | None, commit: str | None, sha256: str) -> str:
@@ -383,12 +366,13 @@ def push(checkpoint: str | Path, repo_id: str | None = None, *, results: str | P
          data_dir: str | Path | None = None, revision: str | None = None, private: bool = False,
          create_pr: bool = False, endpoint: str | None = None, token: str | None = None,
          name: str | None = None, to: str | Path | None = None, cards_dir: str | Path | None = None,
-         device: str = "cpu", progress: Progress | None = None) -> PushResult:
+         device: str = "cpu", progress: Progress | None = None, force: bool = False) -> PushResult:
     """Publish a checkpoint with its card and results: one Hub commit, or a folder with `to`.
 
     Refuses a checkpoint that does not load, results for another model, and a push without a
     clean-accuracy result (from `results`, `<stem>.results.json` / `results.json` beside the
-    checkpoint, or computed on `data_dir`'s test split). After a Hub push the zoo's local card
+    checkpoint, or computed on `data_dir`'s test split). Files in `to` are replaced only with
+    `force`, and never when one of them is an input. After a Hub push the zoo's local card
     `<cards_dir>/<name>.md` is created or updated with the pinned commit.
     """
     if repo_id is None and to is None:
@@ -456,6 +440,8 @@ def push(checkpoint: str | Path, repo_id: str | None = None, *, results: str | P
         out = Path(to)
         if out.exists() and not out.is_dir():
             raise ConfigError(f"--to {out}: exists and is not a folder")
+        for fname in files:  # all refusals before the first write
+            check_output(out / fname, inputs=(ckpt, res_path), force=force, kind=f"--to {out}:")
         for fname in (CHECKPOINT_FILE, RESULTS_FILE, CARD_FILE):  # the card last: it marks a complete folder
             write_bytes(out / fname, files[fname])
         return PushResult(card, repo_id, folder=out, evaluated=evaluated)
@@ -591,7 +577,7 @@ def _fetch_hub(s: Spec, endpoint: str | None, token: str | None) -> _Fetched:
     return _Fetched(card, path, results, repo, commit, server_sha, lambda: _purge_cached(path), spec=s.text)
 
 
-def _fetch_import(s: Spec, source: str | Path | None) -> _Fetched:
+def _fetch_import(s: Spec, source: str | Path | None, bn_check: bool = True) -> _Fetched:
     """An imported zoo entry not published on the Hub: fetch the authors' file and convert it.
 
     The converted file is produced here, by `rbzoo convert`, from a source whose SHA-256 is
@@ -601,7 +587,7 @@ def _fetch_import(s: Spec, source: str | Path | None) -> _Fetched:
     from .convert import import_zoo_entry
 
     card = s.card
-    path = import_zoo_entry(card.meta, source, cache_dir=rbzoo_home() / "imports", progress=True)
+    path = import_zoo_entry(card.meta, source, cache_dir=rbzoo_home() / "imports", progress=True, bn_check=bn_check)
     sha, _ = sha256_file(path)
     return _Fetched(card, Path(path), None, None, None, sha, spec=s.text)
 
@@ -666,8 +652,8 @@ def _check(f: _Fetched, *, verify: bool, data_dir, device: str, progress: Progre
         out.status, out.clean_correct, out.n_examples = "cached", rec["clean_correct"], rec["n_examples"]
         return out
     if not verify:
-        if rec is None:  # never overwrite a verified or an unverified mark
-            _registry_put(key, {**base, "status": "downloaded", "checked_at": _now()})
+        # never overwrite a verified or an unverified mark (another process may have set one meanwhile)
+        _registry_put(key, {**base, "status": "downloaded", "checked_at": _now()}, if_absent=True)
         return out
 
     exp = card.expected
@@ -701,11 +687,12 @@ def _now() -> str:
 
 def pull(spec: str, *, data_dir: str | Path | None = None, verify: bool = True, endpoint: str | None = None,
          token: str | None = None, cards_dir: str | Path | None = None, device: str = "cpu",
-         progress: Progress | None = None, source: str | Path | None = None) -> PullResult:
+         progress: Progress | None = None, source: str | Path | None = None, bn_check: bool = True) -> PullResult:
     """Download a zoo model (card name, `org/name[@rev]`, or a `--to` folder) and verify it exactly.
 
     Imported entries whose card has no repo_id are fetched from the card's `source_url` (or the
-    local official file `source`) and converted first. Checks the file's SHA-256 against the card
+    local official file `source`) and converted first (`bn_check=False`: without the BN-statistics
+    check of the card's keep/p). Checks the file's SHA-256 against the card
     (and the server), loads it strictly, and unless
     `verify=False` re-evaluates the clean accuracy on `data_dir`'s test split and compares the
     correct count and prediction digest with the card. Raises VerificationError on any mismatch.
@@ -716,10 +703,12 @@ def pull(spec: str, *, data_dir: str | Path | None = None, verify: bool = True, 
                        f"{default_cards_dir(cards_dir)}), a Hub repo id org/name[@revision], or a folder")
     if source is not None and not (s.kind == "card" and s.card.repo_id is None):
         raise ConfigError("--source is only for imported zoo entries that are not on the Hub (see `rbzoo pull --list`)")
+    if not bn_check and not (s.kind == "card" and s.card.repo_id is None):
+        raise ConfigError("--no-bn-check is only for imported zoo entries that are converted from the authors' file")
     if s.kind == "folder":
         fetched = _fetch_folder(s)
     elif s.kind == "card" and s.card.repo_id is None:  # an imported entry: convert the authors' file
-        fetched = _fetch_import(s, source)
+        fetched = _fetch_import(s, source, bn_check)
     else:
         fetched = _fetch_hub(s, endpoint, token)
     return _check(fetched, verify=verify, data_dir=data_dir, device=device, progress=progress)

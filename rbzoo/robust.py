@@ -68,7 +68,10 @@ def parse_eps(text: str | float) -> float:
         m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?:/\s*([0-9]*\.?[0-9]+)\s*)?", str(text))
         if not m:
             raise ConfigError(f"bad eps {text!r}: give a number like 0.0314 or a fraction like 8/255")
-        value = float(m.group(1)) / (float(m.group(2)) if m.group(2) else 1.0)
+        den = float(m.group(2)) if m.group(2) else 1.0
+        if den == 0:
+            raise ConfigError(f"bad eps {text!r}: division by zero")
+        value = float(m.group(1)) / den
     if not math.isfinite(value):
         raise ConfigError(f"bad eps {text!r}")
     return value

@@ -611,3 +611,36 @@ def test_pull_of_an_imported_entry_downloads_converts_and_verifies(tiny, tmp_pat
     # No URL and no --source: a one-line error saying what to do.
     assert main(["pull", "tiny-wrong", "--cards-dir", str(cards), "--data-dir", str(cifar10_root)]) == 2
     assert "--source FILE" in capsys.readouterr().err
+
+
+def test_young_bn_statistics_are_not_blamed_on_keep_p(tmp_path, cifar10_root, monkeypatch, capsys):
+    """Statistics with 8 updates cannot confirm or contradict keep/p: say so (not "wrong --keep/--p"),
+    and let both `convert` and `pull` go on with --no-bn-check, saying what is then left unproven."""
+    obj = make_official(structured=True)
+    for k in obj["state_dict"]:
+        if k.endswith("num_batches_tracked"):
+            obj["state_dict"][k] = torch.tensor(8)
+    src = save_official(obj, tmp_path / "young.pth")
+    out = tmp_path / "y.safetensors"
+    args = ["convert", str(src), "--arch", "tiny_resnet", "--keep", "0.2", "--p", "0.5", "--end-with-bn",
+            "--dataset", "cifar10", "--out", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "too young to judge (only 8 updates" in err and "contradict the masks" not in err and "--no-bn-check" in err
+    assert err.count("\n") == 1 and not out.exists()
+    assert main(args + ["--no-bn-check"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "does NOT prove: that these are the keep/p the model was trained with" in text
+    assert "BN check: skipped" in text
+    # `rbzoo pull` of an imported entry: the same refusal, and --no-bn-check reaches the conversion.
+    monkeypatch.setenv("RBZOO_HOME", str(tmp_path / "home"))
+    from rbzoo.data import get_dataset
+    from rbzoo.evaluate import clean_accuracy
+
+    correct = clean_accuracy(rbzoo.load(out), get_dataset("cifar10", "test", cifar10_root)).clean_correct
+    _zoo_card(tmp_path / "cards", None, correct, name="tiny-young")
+    pull = ["pull", "tiny-young", "--cards-dir", str(tmp_path / "cards"), "--data-dir", str(cifar10_root),
+            "--source", str(src)]
+    assert main(pull) == 2 and "too young to judge" in capsys.readouterr().err
+    assert main(pull + ["--no-bn-check"]) == 0
+    assert f"verified: {correct}/50" in " ".join(capsys.readouterr().out.split())

@@ -98,7 +98,7 @@ def _payload(n: int = 300_000, seed: int = 0) -> bytes:
 
 
 def _leftovers(folder):
-    return sorted(p.name for p in folder.iterdir() if p.name != REGISTRY_NAME)
+    return sorted(p.name for p in folder.iterdir() if p.name not in (REGISTRY_NAME, REGISTRY_NAME + ".lock"))
 
 
 def test_download_records_size_and_sha(tmp_path):
@@ -243,3 +243,19 @@ def test_stale_part_longer_than_the_file_restarts(tmp_path):
         assert srv.requests[0][1] == f"bytes={len(data) + 10}-"  # answered 416: the part was dropped
         assert res.path.read_bytes() == data and not res.resumed
     assert _leftovers(tmp_path) == ["f.pth"]
+
+
+def test_offline_uses_the_cache_or_says_so(tmp_path, monkeypatch):
+    """HF_HUB_OFFLINE=1: a complete recorded copy is returned; otherwise one HubError, no request."""
+    data = _payload()
+    with FileServer(data) as srv:
+        download(srv.url, tmp_path / "f.pth", progress=False)
+        n = len(srv.requests)
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        assert download(srv.url, tmp_path / "f.pth", progress=False).cached
+        with pytest.raises(HubError, match="HF_HUB_OFFLINE is set and .*g.pth holds no complete copy"):
+            download(srv.url + "?other", tmp_path / "g.pth", progress=False)
+        (tmp_path / "f.pth").write_bytes(b"changed")
+        with pytest.raises(HubError, match="does not match the recorded SHA-256"):
+            download(srv.url, tmp_path / "f.pth", progress=False)
+        assert len(srv.requests) == n and (tmp_path / "f.pth").read_bytes() == b"changed"

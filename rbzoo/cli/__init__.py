@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings as _warnings
 
 import typer
 from rich.console import Console
 
-from ..errors import RbzooError
+from ..errors import RbzooError, RbzooWarning
 
 app = typer.Typer(
     name="rbzoo",
@@ -25,6 +26,23 @@ app = typer.Typer(
 _WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160
 console = Console(width=_WIDTH)
 err_console = Console(stderr=True, width=_WIDTH)
+
+# What this invocation is: its arguments, and how to continue it if it stops (see `resume_hint`).
+_RUN: dict = {"argv": [], "resume": None}
+
+
+def resume_hint(hint) -> None:
+    """A command that can continue after Ctrl-C or a full disk says how, before its long work starts.
+
+    `hint` is a command line, or a callable returning one (or None when nothing was written yet)."""
+    _RUN["resume"] = hint
+
+
+def same_command(drop: tuple[str, ...] = ("--fresh",)) -> str:
+    """`rbzoo` and this invocation's arguments (without the flags in `drop`), quoted for a shell."""
+    import shlex
+
+    return shlex.join(["rbzoo", *(a for a in _RUN["argv"] if a not in drop)])
 
 
 
@@ -54,40 +72,110 @@ def _register_commands() -> None:
 
 _register_commands()
 
+_default_showwarning = _warnings.showwarning
+
+# Exit codes (docs/contracts.md): 0 ok, 1 the system refused (disk full, permission), 2 bad input,
+# 3 a verification failed, 130 interrupted (Ctrl-C).
+EXIT_OS = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+def _resume_text() -> str | None:
+    hint = _RUN["resume"]
+    return hint() if callable(hint) else hint
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _fail(message: object, code: int, label: str = "error") -> int:
+    """Print ONE line on stderr, never interpreting markup in the message (it may hold `[/x]`)."""
+    from rich.text import Text
+
+    err_console.print(Text.assemble((f"{label}:", "bold red" if label == "error" else "yellow"), " ",
+                                    _one_line(message)), soft_wrap=True, highlight=False)
+    return code
+
+
+def _os_error(e: OSError) -> int:
+    import errno
+
+    where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    what = e.strerror or type(e).__name__
+    msg = f"{where}: {what}" if where else f"{what}: {e}"
+    if e.errno == errno.ENOSPC:
+        msg += "; nothing was corrupted (rbzoo writes every file atomically)"
+        hint = _resume_text()
+        msg += f": free some space, then resume with: {hint}" if hint else ": free some space and run the command again"
+    return _fail(msg, EXIT_OS)
+
+
+def _interrupted() -> int:
+    hint = _resume_text()
+    return _fail(f"interrupted; resume with: {hint}" if hint else "interrupted", EXIT_INTERRUPTED)
+
+
+def _click_error(e: Exception) -> int | None:
+    """click's (and typer's vendored click's) usage errors, as one line; None if `e` is not one."""
+    import click
+
+    kinds = [click.ClickException]
+    try:  # recent typer vendors click as typer._click, whose exceptions are not click's
+        from typer._click.exceptions import ClickException as TyperClickException
+
+        kinds.append(TyperClickException)
+    except ImportError:
+        pass
+    if not isinstance(e, tuple(kinds)):
+        return None
+    ctx = getattr(e, "ctx", None)
+    see = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+    return _fail(f"{e.format_message()}{see}", e.exit_code)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, RbzooWarning):
+        _fail(message, 0, label="warning")
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script."""
-    try:
-        app(args=argv, standalone_mode=False, prog_name="rbzoo")
-    except RbzooError as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        return e.exit_code
-    except (ValueError, KeyError) as e:  # bad option values surfacing from the library
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        return 2
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        return 130
-    except Exception as e:  # click's own usage errors
-        import click
-
-        if isinstance(e, click.exceptions.Exit):
-            return e.exit_code
-        if isinstance(e, click.ClickException):
-            e.show()
-            return e.exit_code
-        if isinstance(e, click.exceptions.Abort):
-            return 1
-        try:  # recent typer vendors click as typer._click, whose exceptions are not click's
-            from typer._click.exceptions import ClickException as TyperClickException
-        except ImportError:
-            TyperClickException = None
-        if TyperClickException is not None and isinstance(e, TyperClickException):
-            e.show()
-            return e.exit_code
-        raise
-    return 0
+    """Entry point of the console script: every error a user can cause becomes ONE line on stderr and
+    the exit code above; a bug (any other exception) still shows its traceback."""
+    _RUN.update(argv=list(sys.argv[1:] if argv is None else argv), resume=None)
+    with _warnings.catch_warnings():
+        _warnings.showwarning = _show_warning
+        try:
+            rv = app(args=argv, standalone_mode=False, prog_name="rbzoo")
+        except RbzooError as e:
+            return _fail(e, e.exit_code)
+        except KeyboardInterrupt:
+            return _interrupted()
+        except OSError as e:
+            return _os_error(e)
+        except (ValueError, KeyError) as e:  # bad option values surfacing from the library
+            return _fail(e.args[0] if isinstance(e, KeyError) and e.args else e, EXIT_USAGE)
+        except Exception as e:  # click's own usage errors, Exit and Abort
+            code = _click_error(e)
+            if code is not None:
+                return code
+            if type(e).__name__ == "Exit" and hasattr(e, "exit_code"):  # click's or typer's vendored Exit
+                rv = e.exit_code
+            elif type(e).__name__ == "Abort":  # EOF on a prompt
+                return _fail("aborted", 1)
+            else:
+                raise
+    # typer turns Ctrl-C into Exit(130) and, outside standalone mode, returns its code.
+    if rv == EXIT_INTERRUPTED:
+        return _interrupted()
+    return rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
 
 
 def run() -> None:
-    sys.exit(main())
+    try:
+        code = main()
+    except KeyboardInterrupt:  # a second Ctrl-C while the first one is being reported
+        code = EXIT_INTERRUPTED
+    sys.exit(code)

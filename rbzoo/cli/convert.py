@@ -30,10 +30,12 @@ def convert(
     dataset: Annotated[Optional[str], typer.Option("--dataset", help="cifar10, cifar100 or imagenet100 (default: from the file's arch).")] = None,
     objective: Annotated[Optional[str], typer.Option("--objective", help="Training objective to record (pgd, fast, trades).")] = None,
     no_bn_check: Annotated[bool, typer.Option("--no-bn-check", help="Skip the check that BN statistics fit the masks of --keep/--p.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file (never the input).")] = False,
 ) -> None:
     """Convert an official checkpoint to rbzoo's format (explicit signs), proving identical logits."""
     r = rb_convert.convert_official(official, arch=arch, keep=keep, p=p, end_with_bn=end_with_bn, num_classes=num_classes,
-                                    dataset=dataset, out=out, objective=objective, bn_consistency=not no_bn_check)
+                                    dataset=dataset, out=out, objective=objective, bn_consistency=not no_bn_check,
+                                    force=force)
     console.print(f"official  {r.source}  {r.source_bytes:,} bytes ({_size(r.source_bytes)})  sha256 {r.source_sha256[:16]}…")
     console.print(f"converted {r.out}  {r.out_bytes:,} bytes ({_size(r.out_bytes)}): {r.source_bytes / r.out_bytes:,.0f}× smaller; "
                   f"float32 weights + BN would take {r.float32_bytes:,} bytes ({r.float32_bytes / r.out_bytes:,.0f}×)")
@@ -41,16 +43,20 @@ def convert(
                   f"{r.kept:,} of {r.n_weights:,} weights kept in {len(r.layers)} layers")
     lit = "" if r.official_pool_rel_diff is None else (
         f"; the official avg_pool2d(4) head sums in another order: relative |Δ| ≤ {r.official_pool_rel_diff:.1g}")
-    console.print(f"equivalence: logits identical to the official forward pass on {r.check_inputs} random inputs "
-                  f"(seed {r.check_seed}, max |Δ| = {r.max_abs_diff:g}){lit}")
+    console.print(f"equivalence: logits identical to the official forward pass with keep {r.keep:g}, p {r.p:g} on "
+                  f"{r.check_inputs} random inputs (seed {r.check_seed}, max |Δ| = {r.max_abs_diff:g}){lit}")
+    console.print("  proves: this file computes the same function as the official code run with these keep/p; "
+                  "does NOT prove: that these are the keep/p the model was trained with (docs/convert.md)",
+                  highlight=False)
     bn = r.bn_check
     if bn.get("skipped"):
-        console.print("BN check: skipped (--no-bn-check)")
+        console.print("BN check: skipped (--no-bn-check): nothing here confirms keep/p; only an exact clean-accuracy "
+                      "check (`rbzoo pull`, `rbzoo eval`) can", highlight=False)
     else:
+        young = f"; {bn['young_bns']} BNs too young to judge (skipped)" if bn.get("young_bns") else ""
         console.print(f"BN check: {bn['sparse'] + bn['dense']} contradictions in {bn['checked']:,} channels "
-                      f"(≤ {bn['allowed']} tolerated)")
+                      f"(≤ {bn['allowed']} tolerated): the BN statistics agree with these keep/p{young}")
     if r.tied_layers:
         console.print(f"note: equal |scores| straddle the cut in {', '.join(r.tied_layers)}; rbzoo prunes the lower "
-                      f"flat index first (a stable ascending sort); the official GPU sort is not stable, so which tied "
-                      f"weights the official run kept is unspecified")
+                      f"flat index first (the official CUDA sort left such ties unspecified)", highlight=False)
     console.print(f"digest    {r.weights_sha256}")

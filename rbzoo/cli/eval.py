@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..evaluate import EvalConfig, run_eval
-from . import app, console
+from . import app, console, resume_hint, same_command
 
 
 class _Display:
@@ -101,6 +101,8 @@ def eval_cmd(
         seed=seed, chunk_size=chunk_size, n_iter=n_iter, n_restarts=n_restarts, n_queries=n_queries,
         out=out, state=state, fresh=fresh,
     )
+    if not clean_only:  # the attack saves each finished chunk: the same command continues from there
+        resume_hint(same_command())
     display = _Display()
     with display.progress:
         results = run_eval(config, progress=display)

@@ -74,6 +74,7 @@ def push(
                                                              "(air-gapped exchange; no network).")] = None,
     cards_dir: Annotated[Optional[Path], _CARDS] = None,
     device: Annotated[str, typer.Option("--device", help="Device for --data-dir evaluation.")] = "cpu",
+    force: Annotated[bool, typer.Option("--force", help="With --to: replace the files of an earlier push there.")] = False,
 ) -> None:
     """Publish a checkpoint, its card and results in ONE commit (or into a folder with --to).
 
@@ -84,7 +85,7 @@ def push(
     with _Bars() as bars:
         r = hub.push(checkpoint, repo_id, results=results, data_dir=data_dir, revision=revision, private=private,
                      create_pr=create_pr, endpoint=endpoint, token=token, name=name, to=to, cards_dir=cards_dir,
-                     device=device, progress=bars)
+                     device=device, progress=bars, force=force)
     exp = r.card.expected
     acc = f"clean {exp['clean_correct']}/{exp['n_examples']} ({_pct(r.card.rb['claimed']['clean_acc'])})"
     if r.folder is not None:
@@ -110,6 +111,7 @@ def pull(
     cards_dir: Annotated[Optional[Path], _CARDS] = None,
     device: Annotated[str, typer.Option("--device", help="Device for the verification.")] = "cpu",
     source: Annotated[Optional[Path], typer.Option("--source", help="Imported entries only: a local copy of the authors' official .pth file (instead of downloading it).")] = None,
+    no_bn_check: Annotated[bool, typer.Option("--no-bn-check", help="Imported entries only: convert without checking the card's keep/p against the BN statistics (see docs/convert.md).")] = False,
 ) -> None:
     """Download a zoo model and verify it exactly: SHA-256, strict load, clean accuracy sample by sample.
 
@@ -123,7 +125,7 @@ def pull(
         raise ConfigError("give NAME, REPO_ID[@REV] or DIR to pull, or --list to see the zoo")
     with _Bars() as bars:
         r = hub.pull(spec, data_dir=data_dir, verify=not no_verify, endpoint=endpoint, token=token, source=source,
-                     cards_dir=cards_dir, device=device, progress=bars)
+                     cards_dir=cards_dir, device=device, progress=bars, bn_check=not no_bn_check)
     card = r.card
     f32 = card.rb["float32_bytes"]
     clean = {

@@ -7,15 +7,18 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .. import inspect as rb_inspect
+from ..resolve import resolve_checkpoint
 from . import app, console
 
 
 @app.command()
 def info(
-    checkpoint: Annotated[Optional[Path], typer.Argument(help="A format-v1 checkpoint (.safetensors).")] = None,
+    checkpoint: Annotated[Optional[str], typer.Argument(help="A format-v1 checkpoint (.safetensors), a run folder "
+                                                                "(best/last.safetensors) or a zoo name, as for eval.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
     list_models: Annotated[bool, typer.Option("--list-models", help="List the registered architectures.")] = False,
 ) -> None:
@@ -34,12 +37,12 @@ def info(
         return
     if checkpoint is None:
         raise typer.BadParameter("give a CHECKPOINT or --list-models")
-    report = rb_inspect.describe(checkpoint)
+    report = rb_inspect.describe(resolve_checkpoint(checkpoint))
     if as_json:
         print(json.dumps(report, indent=2))
         return
     t = report["totals"]
-    console.print(f"[bold]{report['path']}[/]  ({report['file_size']:,} bytes)")
+    console.print(f"[bold]{escape(str(report['path']))}[/]  ({report['file_size']:,} bytes)")
     console.print(f"architecture  {report['arch']['id']}  classes={report['arch']['num_classes']}  end_with_bn={report['arch']['end_with_bn']}")
     console.print(f"signs         {report['signs']}" + (f"  seed={report['seed']}" if report["seed"] is not None else ""))
     console.print(f"digest        {report['weights_sha256']}")

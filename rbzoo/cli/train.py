@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,7 +11,7 @@ import typer
 
 from ..config import RUNTIME_FIELDS, field_names, list_configs, load_config, parse_override
 from ..errors import ConfigError
-from . import app, console
+from . import app, console, resume_hint
 
 _SET_HELP = "Override any config field, repeatable: --set attack.eps=4/255 --set lr_schedule=multistep."
 
@@ -109,4 +110,6 @@ def train(
 
     from ..train import train as run_training  # imported here: plain `rbzoo info` stays light
 
+    # Ctrl-C or a full disk: once config.yaml exists, the run continues from its last saved epoch.
+    resume_hint(lambda: f"rbzoo train --resume {shlex.quote(str(run_dir))}" if (run_dir / "config.yaml").is_file() else None)
     run_training(cfg, run_dir, resume=resume is not None, force=force)

@@ -2,9 +2,8 @@
 handwritten digits that ship with scikit-learn (offline quickstart).
 
 Images are float tensors in [0, 1]; normalization is the model's first layer. The official
-CIFAR files are pickles: files whose MD5 matches the official release are read by torchvision as
-usual; any other copy is first checked by a restricted unpickler that admits nothing but numpy
-arrays, lists, dicts and strings, so a hostile file cannot execute code.
+CIFAR files are pickles: every one (official or not) is read once, by a restricted unpickler that
+admits nothing but numpy arrays, lists, dicts and strings, so a hostile file cannot execute code.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 from torchvision import datasets as tvd
 from torchvision import transforms as T
 
-from .._io import file_sha256
 from ..errors import DataError
 from ..layers import NORMALIZATION
 
@@ -83,32 +81,64 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"forbidden global {module}.{name}")
 
 
-def _check_pickle_safe(path: Path) -> None:
+def _read_batch(path: Path) -> dict:
+    """One read of a CIFAR pickle, by the restricted unpickler: the bytes used are the bytes checked."""
     try:
         with open(path, "rb") as f:
-            _RestrictedUnpickler(f, encoding="latin1").load()
+            obj = _RestrictedUnpickler(f, encoding="latin1").load()
     except Exception as e:
-        raise DataError(f"{path} is not a valid CIFAR batch file ({e})") from None
+        raise DataError(f"{path} is not a valid CIFAR batch file ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path} is not a valid CIFAR batch file (a {type(obj).__name__}, not a dict)")
+    return obj
+
+
+def _batch_arrays(path: Path, num_classes: int) -> tuple[np.ndarray, list[int]]:
+    """(uint8 images N×3072, labels) of a batch file, with every field checked."""
+    entry = _read_batch(path)
+    data = entry.get("data")
+    labels = entry.get("labels", entry.get("fine_labels"))
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise DataError(f"{path}: `data` must be a uint8 array of N×3072 pixels")
+    if not isinstance(labels, list) or len(labels) != len(data) or not all(
+            isinstance(v, int) and 0 <= v < num_classes for v in labels):
+        raise DataError(f"{path}: labels must be {len(data)} integers in [0, {num_classes})")
+    return data, labels
 
 
 class _SafeCIFARMixin:
-    """torchvision's CIFAR reader, accepting non-official copies only after a safety check."""
+    """torchvision's CIFAR datasets, with each pickle read once, by the restricted unpickler.
 
-    def _check_integrity(self) -> bool:  # noqa: D401 - torchvision hook
+    torchvision's own constructor would `pickle.load` the files (any code in them would run);
+    this one fills the same fields (`data` N×32×32×3 uint8, `targets`, `classes`) instead.
+    """
+
+    def __init__(self, root, train: bool = True, transform=None, target_transform=None, download: bool = False):
+        tvd.VisionDataset.__init__(self, root, transform=transform, target_transform=target_transform)
+        self.train = train
+        if download:
+            self.download()
+        if not self._check_integrity():
+            raise RuntimeError("Dataset not found. You can use download=True to download it")
+        self._load_meta()
+        data, self.targets = [], []
+        for name, _ in self.train_list if train else self.test_list:
+            images, labels = _batch_arrays(Path(self.root) / self.base_folder / name, len(self.classes))
+            data.append(images)
+            self.targets.extend(labels)
+        self.data = np.vstack(data).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))  # HWC, as torchvision
+
+    def _check_integrity(self) -> bool:  # noqa: D401 - torchvision hook (also used by download())
         root = Path(self.root) / self.base_folder
         files = self.train_list + self.test_list + [(self.meta["filename"], self.meta["md5"])]
-        if not all((root / name).is_file() for name, _ in files):
-            return False
-        for name, md5 in files:
-            if file_sha256(root / name, "md5")[0] != md5:
-                _check_pickle_safe(root / name)
-        return True
+        return all((root / name).is_file() for name, _ in files)
 
     def _load_meta(self) -> None:  # torchvision re-checks the official MD5 here
         path = Path(self.root) / self.base_folder / self.meta["filename"]
-        with open(path, "rb") as f:
-            data = _RestrictedUnpickler(f, encoding="latin1").load()
-        self.classes = data[self.meta["key"]]
+        classes = _read_batch(path).get(self.meta["key"])
+        if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+            raise DataError(f"{path}: `{self.meta['key']}` must be a list of class names")
+        self.classes = classes
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
 
