@@ -7,7 +7,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import convert as rb_convert
 from . import app, console
 
 
@@ -32,6 +31,8 @@ def convert(
     no_bn_check: Annotated[bool, typer.Option("--no-bn-check", help="Skip the check that BN statistics fit the masks of --keep/--p.")] = False,
 ) -> None:
     """Convert an official checkpoint to rbzoo's format (explicit signs), proving identical logits."""
+    from .. import convert as rb_convert  # here, not at the top: --help stays torch-free
+
     r = rb_convert.convert_official(official, arch=arch, keep=keep, p=p, end_with_bn=end_with_bn, num_classes=num_classes,
                                     dataset=dataset, out=out, objective=objective, bn_consistency=not no_bn_check)
     console.print(f"official  {r.source}  {r.source_bytes:,} bytes ({_size(r.source_bytes)})  sha256 {r.source_sha256[:16]}…")

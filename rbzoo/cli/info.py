@@ -9,7 +9,6 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .. import inspect as rb_inspect
 from . import app, console
 
 
@@ -20,6 +19,8 @@ def info(
     list_models: Annotated[bool, typer.Option("--list-models", help="List the registered architectures.")] = False,
 ) -> None:
     """Describe a checkpoint: architecture, seed, per-layer kept counts and coding cost, digest."""
+    from .. import inspect as rb_inspect  # library imports live in the commands: --help stays torch-free
+
     if list_models:
         rows = rb_inspect.model_table()
         if as_json:
@@ -61,5 +62,7 @@ def export(
     out: Annotated[Path, typer.Argument(help="Output .safetensors: a plain dense state_dict.")],
 ) -> None:
     """Write the folded dense weights (sign × mask) and BN buffers as a plain safetensors state_dict."""
+    from .. import inspect as rb_inspect
+
     n = rb_inspect.export_dense(checkpoint, out)
     console.print(f"wrote {out} ({n:,} bytes)")
