@@ -365,6 +365,23 @@ def load_card(path: str | Path) -> Card:
     return parse_card(text, str(path))
 
 
+def load_cards(folder: str | Path) -> list[tuple[Path, Card]]:
+    """Every card of a zoo card folder, sorted by file name; each file must be `<rbzoo.name>.md`.
+
+    A `README.md` there describes the folder and is skipped. A missing folder is an empty zoo.
+    """
+    folder = Path(folder)
+    out = []
+    for path in sorted(folder.glob("*.md")) if folder.is_dir() else []:
+        if path.name.lower() == "readme.md":
+            continue
+        card = load_card(path)
+        if card.name != path.stem:
+            raise HubError(f"{path}: rbzoo.name is {card.name!r}, not the file's name {path.stem!r}")
+        out.append((path, card))
+    return out
+
+
 def render_card(meta: dict, body: str) -> str:
     front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, default_flow_style=False, width=100)
     return f"---\n{front}---\n{body}"

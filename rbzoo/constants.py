@@ -15,6 +15,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# Input normalization (mean, std) per dataset family, as in the paper's code. Here, not in
+# layers.py, so the dataset specs (rbzoo.data) read them without importing torch.
+NORMALIZATION = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "imagenet100": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _TRUE = ("1", "true", "yes", "on")
 

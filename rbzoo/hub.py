@@ -41,12 +41,13 @@ from .constants import hf_cache_dir, hf_endpoint, hf_offline, hf_token, rbzoo_ho
 from .errors import CheckpointError, ConfigError, DataError, HubError, RbzooError, VerificationError
 from .evaluate import checkpoint_dataset
 from .exact import clean_accuracy, pack_uint, predictions_digest, unpack_uint
-from .registry import Registry
+from .verified import ZooEntry, list_zoo, registry_entries  # noqa: F401  (public via hub too)
+from .verified import registry_key as _key
+from .verified import registry_put as _registry_put
 
 CARD_FILE = "README.md"
 CHECKPOINT_FILE = "model.safetensors"
 RESULTS_FILE = "results.json"
-REGISTRY_FILE = "verified.json"
 MAX_LISTED = 10  # disagreeing sample indices named in a mismatch message
 
 # `progress(description, total)` returns a callback taking the number of items just done.
@@ -87,13 +88,6 @@ class PullResult:
         if self.repo_id and self.revision:
             return f"{self.repo_id}@{self.revision[:12]}"
         return self.repo_id or self.card.name
-
-
-@dataclass
-class ZooEntry:
-    card: Card
-    path: Path
-    status: str  # "verified" | "unverified" | "downloaded" | "not pulled" | "import from source" | "import: --source FILE"
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -176,23 +170,6 @@ def _load_checkpoint(path: Path) -> tuple[Checkpoint, object]:
     """`read` (format + digest checks) and build the network: a push refuses anything less."""
     ck = read(path)
     return ck, build(ck)
-
-
-def _registry() -> Registry:
-    return Registry(rbzoo_home() / REGISTRY_FILE, envelope="rbzoo_registry")
-
-
-def registry_entries() -> dict[str, dict]:
-    """The verified-pull registry: key `repo@commit:sha256` -> record."""
-    return _registry().entries()
-
-
-def _registry_put(key: str, record: dict | None, *, if_absent: bool = False) -> None:
-    _registry().update(key, record, if_absent=if_absent)
-
-
-def _key(repo_id: str | None, commit: str | None, sha256: str) -> str:
-    return f"{repo_id or '(folder)'}@{commit or '-'}:{sha256}"
 
 
 # ------------------------------------------------------------------------------------------ names
@@ -735,33 +712,6 @@ def resolve_remote(spec: str) -> Path | None:
         raise VerificationError(f"{r.label}: `rbzoo pull` found that this model does not reproduce its card "
                                 f"({rec.get('reason', 'clean accuracy mismatch')}); evaluate the file directly: {r.path}")
     return r.path
-
-
-# ------------------------------------------------------------------------------------------ the zoo
-
-def list_zoo(cards_dir: str | Path | None = None) -> list[ZooEntry]:
-    """Every card of the zoo's card folder (validated), with its local verification status."""
-    folder = default_cards_dir(cards_dir)
-    entries = registry_entries()
-    out = []
-    for path in sorted(folder.glob("*.md")) if folder.is_dir() else []:
-        if path.name.lower() == "readme.md":
-            continue  # a folder description, not a card
-        card = load_card(path)
-        if card.name != path.stem:
-            raise HubError(f"{path}: rbzoo.name is {card.name!r}, not the file's name {path.stem!r}")
-        if card.repo_id is None:  # imported entry: pull converts the authors' file
-            recs = [r for r in entries.values() if r.get("name") == card.name and r.get("repo_id") is None]
-            status = next((r["status"] for r in recs if r.get("status") in ("verified", "unverified")), None) or (
-                "import from source" if card.rb["source_url"] else "import: --source FILE")
-        else:
-            recs = [r for k, r in entries.items()
-                    if r.get("repo_id") == card.repo_id and r.get("sha256") == card.rb["checkpoint_sha256"]
-                    and (card.revision is None or r.get("revision") == card.revision)]
-            order = ("verified", "unverified", "downloaded")
-            status = next((st for st in order if any(r.get("status") == st for r in recs)), "not pulled")
-        out.append(ZooEntry(card, path, status))
-    return out
 
 
 __all__ = ["CARD_FILE", "CHECKPOINT_FILE", "RESULTS_FILE", "PullResult", "PushResult", "ZooEntry", "Spec",

@@ -43,7 +43,8 @@ def describe(path: str | Path) -> dict:
         "arch": ck.arch,
         "signs": ck.signs_mode,
         "seed": ck.seed,
-        "weights_sha256": ck.digest,
+        "model_digest": ck.digest,
+        "weights_sha256": ck.weights_digest,
         "layers": layers,
         "totals": {
             "n": n, "kept": kept, "density": kept / n if n else 0.0, "coded_bits": coded, "bound_bits": bound,

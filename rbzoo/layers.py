@@ -17,15 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .constants import NORMALIZATION  # noqa: F401  (torch-free home, shared with rbzoo.data; kept here for importers)
 from .signs import signs
-
-# Normalization constants of method.md §1.1.
-NORMALIZATION = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-    "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "imagenet100": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-}
 
 
 def kept_count(n: int, keep: float) -> int:

@@ -426,7 +426,7 @@ def test_cli_push_pull_list_and_missing_data(server, env, tiny_checkpoint, cifar
     assert "smaller than float32" in text and "not measured" in text
     assert main(["pull", "--list"]) == 0
     text = capsys.readouterr().out
-    assert "tiny-c10" in text and "verified" in text and "1 models" in text
+    assert "tiny-c10" in text and "verified" in text and "(1 model)" in text
 
 
 def test_cli_push_reads_env_and_never_prints_the_token(server, env, tiny_checkpoint, cifar10_root, capsys,

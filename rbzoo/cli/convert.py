@@ -7,7 +7,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import convert as rb_convert
 from . import app, console
 
 
@@ -33,6 +32,8 @@ def convert(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file (never the input).")] = False,
 ) -> None:
     """Convert an official checkpoint to rbzoo's format (explicit signs), proving identical logits."""
+    from .. import convert as rb_convert  # here, not at the top: --help stays torch-free
+
     r = rb_convert.convert_official(official, arch=arch, keep=keep, p=p, end_with_bn=end_with_bn, num_classes=num_classes,
                                     dataset=dataset, out=out, objective=objective, bn_consistency=not no_bn_check,
                                     force=force)

@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..data import imagenet100 as inet
 from . import app, console, err_console
 
 data_app = typer.Typer(help="Prepare datasets.", no_args_is_help=True)
@@ -25,6 +24,8 @@ def imagenet100(
 ) -> None:
     """Build ImageNet100 (method.md §8: Continuum's class list, pinned) by copying or linking the
     files of its 100 classes. Resumable: rerun the same command after an interruption."""
+    from ..data import imagenet100 as inet  # here, not at the top: --help stays torch-free
+
     with Progress(TextColumn("imagenet100"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, disable=not console.is_terminal, transient=True) as bar:
         task = bar.add_task("files", total=None)

@@ -9,7 +9,6 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ..evaluate import EvalConfig, run_eval
 from . import app, console, resume_hint, same_command
 
 
@@ -93,6 +92,8 @@ def eval_cmd(
     fresh: Annotated[bool, typer.Option("--fresh", help="Discard any saved state and start over.")] = False,
 ) -> None:
     """Exact clean accuracy and AutoAttack robust accuracy of a checkpoint (resumable; shard it with torchrun)."""
+    from ..evaluate import EvalConfig, run_eval  # here, not at the top: --help stays torch-free
+
     config = EvalConfig(
         model=model, dataset=dataset, split=split, data_dir=data_dir, download=download, n_examples=n_examples,
         subset=subset, subset_seed=subset_seed, batch_size=batch_size, device=device, num_workers=workers,

@@ -9,7 +9,6 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .. import hub
 from ..errors import ConfigError
 from . import app, console
 
@@ -82,6 +81,8 @@ def push(
     With --data-dir and results, both must agree exactly. Prints the revision to pin and updates
     the zoo's local card.
     """
+    from .. import hub  # here, not at the top: --help and --list stay torch-free
+
     with _Bars() as bars:
         r = hub.push(checkpoint, repo_id, results=results, data_dir=data_dir, revision=revision, private=private,
                      create_pr=create_pr, endpoint=endpoint, token=token, name=name, to=to, cards_dir=cards_dir,
@@ -123,6 +124,8 @@ def pull(
         return
     if spec is None:
         raise ConfigError("give NAME, REPO_ID[@REV] or DIR to pull, or --list to see the zoo")
+    from .. import hub  # after --list: listing the zoo does not import torch
+
     with _Bars() as bars:
         r = hub.pull(spec, data_dir=data_dir, verify=not no_verify, endpoint=endpoint, token=token, source=source,
                      cards_dir=cards_dir, device=device, progress=bars, bn_check=not no_bn_check)
@@ -152,8 +155,11 @@ def pull(
 
 
 def _print_zoo(cards_dir) -> None:
-    entries = hub.list_zoo(cards_dir)
-    table = Table(title=f"rbzoo model zoo ({len(entries)} models)")
+    from ..constants import cards_dir as default_cards_dir
+    from ..verified import list_zoo
+
+    entries = list_zoo(cards_dir)
+    table = Table(title=f"rbzoo model zoo ({len(entries)} model{'' if len(entries) == 1 else 's'})")
     for col in ("name", "dataset", "architecture", "k", "objective", "clean", "robust", "size", "Hub", "status"):
         table.add_column(col, justify="right" if col in ("k", "clean", "robust", "size") else "left")
     for e in entries:
@@ -164,4 +170,4 @@ def _print_zoo(cards_dir) -> None:
                       _pct(rb["claimed"]["clean_acc"]), _pct(rb["claimed"]["robust_acc"]), size, hubref, e.status)
     console.print(table)
     if not entries:
-        console.print(f"no cards in {hub.default_cards_dir(cards_dir)}", highlight=False)
+        console.print(f"no cards in {default_cards_dir(cards_dir)}", highlight=False)

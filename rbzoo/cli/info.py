@@ -10,8 +10,6 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .. import inspect as rb_inspect
-from ..resolve import resolve_checkpoint
 from . import app, console
 
 
@@ -23,6 +21,9 @@ def info(
     list_models: Annotated[bool, typer.Option("--list-models", help="List the registered architectures.")] = False,
 ) -> None:
     """Describe a checkpoint: architecture, seed, per-layer kept counts and coding cost, digest."""
+    from .. import inspect as rb_inspect  # library imports live in the commands: --help stays torch-free
+    from ..resolve import resolve_checkpoint
+
     if list_models:
         rows = rb_inspect.model_table()
         if as_json:
@@ -45,7 +46,7 @@ def info(
     console.print(f"[bold]{escape(str(report['path']))}[/]  ({report['file_size']:,} bytes)")
     console.print(f"architecture  {report['arch']['id']}  classes={report['arch']['num_classes']}  end_with_bn={report['arch']['end_with_bn']}")
     console.print(f"signs         {report['signs']}" + (f"  seed={report['seed']}" if report["seed"] is not None else ""))
-    console.print(f"digest        {report['weights_sha256']}")
+    console.print(f"model digest  {report['model_digest']}")
     table = Table(show_lines=False)
     for col in ("layer", "shape", "n", "kept", "density", "coded bits", "log2 C(n,k)", "ratio"):
         table.add_column(col, justify="left" if col in ("layer", "shape") else "right")
@@ -64,5 +65,7 @@ def export(
     out: Annotated[Path, typer.Argument(help="Output .safetensors: a plain dense state_dict.")],
 ) -> None:
     """Write the folded dense weights (sign × mask) and BN buffers as a plain safetensors state_dict."""
+    from .. import inspect as rb_inspect
+
     n = rb_inspect.export_dense(checkpoint, out)
     console.print(f"wrote {out} ({n:,} bytes)")

@@ -9,7 +9,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..config import RUNTIME_FIELDS, field_names, list_configs, load_config, parse_override
 from ..errors import ConfigError
 from . import app, console, resume_hint
 
@@ -65,6 +64,8 @@ def train(
     `rbzoo train -c rn34-cifar10-pgd -o runs/rn34 --data-dir data --keep 0.05`;
     `rbzoo train --resume runs/rn34`; multi-GPU: `torchrun --nproc_per_node 8 -m rbzoo train ...`.
     """
+    from ..config import RUNTIME_FIELDS, field_names, list_configs, load_config, parse_override  # not at the top: fast --help
+
     if list_:
         for name in list_configs():
             console.print(name, highlight=False)
