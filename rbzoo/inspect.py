@@ -60,6 +60,6 @@ def export_dense(path: str | Path, out: str | Path) -> int:
     ck = read(path)
     model = build(ck)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    data = st_save(state, metadata={"rbzoo.arch": json.dumps(ck.arch, sort_keys=True), "rbzoo.weights_sha256": ck.digest, "source": str(path)})
+    data = st_save(state, metadata={"rbzoo.arch": json.dumps(ck.arch, sort_keys=True), "rbzoo.model_sha256": ck.digest, "source": str(path)})
     write_bytes(out, data)
     return len(data)

@@ -24,7 +24,7 @@ def test_info_json(tmp_path, capsys):
     assert [r["name"] for r in report["layers"]] == m.prunable_keys
     assert report["totals"]["kept"] == sum(r["kept"] for r in report["layers"])
     assert report["file_size"] == path.stat().st_size
-    assert report["weights_sha256"] == rbzoo.read(path).digest
+    assert report["model_digest"] == rbzoo.read(path).digest and report["weights_sha256"] == rbzoo.read(path).weights_digest
 
 
 def test_info_table_and_list(tmp_path, capsys):
