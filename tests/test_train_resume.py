@@ -59,5 +59,5 @@ def test_resume_with_other_global_rng_state_is_bit_identical(cifar10_root, tmp_p
     train(cfg, cut, resume=True, progress=False, log=lambda line: None)
     for name in ("last.safetensors", "best.safetensors"):
         a, b = rbzoo.read(ref / name), rbzoo.read(cut / name)
-        assert (a.digest, a.metadata["rbzoo.state_sha256"]) == (b.digest, b.metadata["rbzoo.state_sha256"]), name
+        assert a.digest == b.digest, name  # the whole-model digest: masks, signs and BN statistics
     assert _rows(cut) == _rows(ref)
