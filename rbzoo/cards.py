@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from .constants import NUMERICS_PROFILES
 from .errors import HubError, RbzooError
 
 TAGS = ["rbzoo", "adversarial-robustness", "binary-neural-networks", "pruning", "autoattack"]
@@ -26,9 +27,12 @@ NORMS = ("Linf", "L2")
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet100": "ImageNet-100",
                  "digits": "Digits (scikit-learn 8x8)"}
 RBZOO_KEYS = ("name", "repo_id", "revision", "checkpoint", "checkpoint_sha256", "checkpoint_bytes",
-              "float32_bytes", "arch", "keep", "p", "score_init_scale", "objective", "dataset", "eps",
+              "model_digest", "float32_bytes", "arch", "keep", "p", "score_init_scale", "objective", "dataset", "eps",
               "expected", "source_url", "source_sha256", "claimed")
-EXPECTED_KEYS = ("n_examples", "clean_correct", "predictions_sha256", "data_sha256")
+# `expected` is the reference a pull re-checks: the correct count, the per-sample labels' digest and,
+# when published, the verification certificate (per-sample labels and top-2 margins, docs/numerics.md)
+# with the numerics profile it was made under. Without a certificate a pull can compare counts only.
+EXPECTED_KEYS = ("n_examples", "clean_correct", "predictions_sha256", "data_sha256", "certificate_sha256", "profile")
 CLAIMED_KEYS = ("clean_acc", "robust_acc")
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,95}$")
@@ -213,6 +217,7 @@ def _check_checkpoint_fields(f: _Fields, g) -> None:
     f.string(*g("checkpoint"), pattern=FILE_RE, what="a file name ending in .safetensors")
     sha = f.string(*g("checkpoint_sha256"), pattern=HEX64, what="a 64-hex SHA-256", nullable=True)
     size = f.integer(*g("checkpoint_bytes"), lo=1, nullable=True)
+    f.string(*g("model_digest"), pattern=HEX64, what="a 64-hex model digest (rbzoo.model_sha256)", nullable=True)
     if repo_id is not None and (sha is None or size is None):
         f.fail("rbzoo.checkpoint_sha256" if sha is None else "rbzoo.checkpoint_bytes",
                "must be set when rbzoo.repo_id is (a published file is pinned by hash and size)")
@@ -249,8 +254,13 @@ def _check_result_fields(f: _Fields, g) -> tuple[float, float | None]:
     f.exact_keys(exp, EXPECTED_KEYS, fld)
     n = f.integer(*f.get(exp, "n_examples", fld), lo=1)
     correct = f.integer(*f.get(exp, "clean_correct", fld), lo=0, hi=n)
-    for key in ("predictions_sha256", "data_sha256"):
+    for key in ("predictions_sha256", "data_sha256", "certificate_sha256"):
         f.string(*f.get(exp, key, fld), pattern=HEX64, what="a 64-hex SHA-256", nullable=True)
+    profile, pfld = f.get(exp, "profile", fld)
+    if profile is not None and profile not in NUMERICS_PROFILES:
+        f.fail(pfld, f"must be one of {', '.join(NUMERICS_PROFILES)} or null, got {_show(profile)}")
+    if exp["certificate_sha256"] is not None and (exp["predictions_sha256"] is None or profile is None):
+        f.fail(f"{fld}.certificate_sha256", "needs predictions_sha256 and profile")
     url = f.string(*g("source_url"), nullable=True)
     if url is not None and not url.startswith(("https://", "http://")):
         f.fail("rbzoo.source_url", f"must be an http(s) URL or null, got {_show(url)}")

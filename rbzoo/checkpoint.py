@@ -218,6 +218,14 @@ MAX_PRUNABLE = 1 << 27  # 134 M weights
 NONLINEARITIES = ("relu", "leaky_relu")
 
 
+def checkpoint_dataset(ckpt: Checkpoint) -> str | None:
+    """The dataset name recorded in `rbzoo.dataset` (a JSON object or a bare name), if any."""
+    value = ckpt.meta_json("rbzoo.dataset")
+    if isinstance(value, dict):
+        value = value.get("name")
+    return value if isinstance(value, str) and value else None
+
+
 def _strict_json(text: str, key: str):
     def no_duplicates(pairs):
         keys = [k for k, _ in pairs]

@@ -102,3 +102,7 @@ def _user_cards_dir() -> Path:
         for card in sorted(shipped.glob("*.md")):
             write_bytes(folder / card.name, card.read_bytes())
     return folder
+
+# Numerics profiles of exact evaluation (rbzoo.exact defines them; cards and the CLI name them
+# without importing torch). "verify" is the reference profile: float32, TF32 off, deterministic.
+NUMERICS_PROFILES = ("verify", "fast", "bf16")

@@ -29,8 +29,7 @@ from ._io import atomic_path, check_output, file_sha256
 from .checkpoint import load as load_checkpoint
 from .checkpoint import save as save_checkpoint
 from .data import dataset_metadata, get_spec
-from .errors import CheckpointError, ConfigError, HubError, RbzooError, VerificationError
-from .exact import clean_accuracy
+from .errors import CheckpointError, ConfigError
 from .layers import kept_count, top_mask
 from .models import create_model
 from .models._registry import fold
@@ -506,86 +505,5 @@ def _write_equivalent(model, out: Path, metadata: dict, x: torch.Tensor, ref: to
 
 # ------------------------------------------------------------------------------------- zoo import
 
-def _card_rbzoo(card: dict) -> dict:
-    rb = card.get("rbzoo", card) if isinstance(card, dict) else None
-    if not isinstance(rb, dict) or "name" not in rb or "arch" not in rb:
-        raise HubError("not a zoo card: no rbzoo block with name and arch")
-    return rb
-
-
-def import_zoo_entry(card: dict, source: str | Path | None, *, cache_dir: str | Path,
-                     data_dir: str | Path | None = None, progress: bool = True, device: str = "cpu",
-                     bn_check: bool = True) -> Path:
-    """Fetch (or take) a zoo entry's official file, convert it, and return the checkpoint path.
-
-    `card` is the card's parsed front matter (or its `rbzoo` block). `source` is a local copy of
-    the official file; without it the card's `source_url` is downloaded (resumable, SHA-256
-    recorded) into `cache_dir/official/`. The conversion goes to `cache_dir/<name>.safetensors`
-    and is reused while it was made from a file with the same SHA-256. With `data_dir`, the clean
-    accuracy on the full test split must equal the card's `expected.clean_correct` exactly
-    (VerificationError otherwise). `bn_check=False` skips the BN-statistics check of the card's
-    keep/p (`rbzoo pull --no-bn-check`).
-    """
-    from .fetch import download
-
-    rb = _card_rbzoo(card)
-    name, cache_dir = rb["name"], Path(cache_dir)
-    want = rb.get("source_sha256")
-    if source is not None:
-        source = Path(source)
-        sha, _ = file_sha256(source) if source.is_file() else (None, 0)
-        if sha is None:
-            raise HubError(f"{name}: no such source file: {source}")
-        if want and sha != want:
-            raise VerificationError(f"{name}: {source} has SHA-256 {sha}, the card says {want}: not the official file")
-    elif rb.get("source_url"):
-        fetched = download(rb["source_url"], cache_dir / "official" / f"{name}.pth", expected_sha256=want,
-                           progress=progress)
-        source, sha = fetched.path, fetched.sha256
-    else:
-        raise HubError(f"{name}: the card has no download URL for the official file; download it from the "
-                       f"paper's model zoo (https://github.com/IVRL/RobustBinarySubNet#model-zoo) and pass it "
-                       f"with --source FILE")
-    out = cache_dir / f"{name}.safetensors"
-    if not _converted_from(out, sha):
-        arch = rb["arch"]
-        if rb.get("p") is None or rb.get("keep") is None:
-            raise HubError(f"{name}: the card does not say which keep and p the model was trained with")
-        convert_official(source, arch=arch["id"], keep=rb["keep"], p=rb["p"], end_with_bn=bool(arch.get("end_with_bn")),
-                         num_classes=arch.get("num_classes"), dataset=rb["dataset"], out=out,
-                         objective=rb.get("objective"), bn_consistency=bn_check, force=True)  # a cache entry: replaced when its source changed
-    if data_dir is not None:
-        verify_clean(out, rb, data_dir, device=device)
-    return out
-
-
-def _converted_from(out: Path, sha: str) -> bool:
-    if not out.is_file():
-        return False
-    from .checkpoint import read
-
-    try:
-        return read(out).meta_json("rbzoo.source", {}).get("sha256") == sha
-    except RbzooError:
-        return False
-
-
-def verify_clean(path: str | Path, card: dict, data_dir: str | Path, *, device: str = "cpu") -> int:
-    """Clean accuracy of `path` on the card's full test split must equal `expected.clean_correct`."""
-    from .data import get_dataset
-
-    rb = _card_rbzoo(card)
-    exp = rb["expected"]
-    ds = get_dataset(rb["dataset"], "test", data_dir)
-    if len(ds) != exp["n_examples"]:
-        raise VerificationError(f"{rb['name']}: the {rb['dataset']} test split in {data_dir} has {len(ds)} images, "
-                                f"the card expects {exp['n_examples']}")
-    res = clean_accuracy(load_checkpoint(path, device), ds, device=device)
-    if res.clean_correct != exp["clean_correct"]:
-        raise VerificationError(f"{rb['name']}: clean accuracy does not reproduce: {res.clean_correct}/{res.n_examples} "
-                                f"correct, the paper's table gives {exp['clean_correct']}/{exp['n_examples']}")
-    return res.clean_correct
-
-
-__all__ = ["ConvertReport", "OFFICIAL_ARCHS", "bn_check", "convert_official", "import_zoo_entry", "load_official",
-           "numpy_safe_globals", "official_forward", "official_mask", "verify_clean"]
+__all__ = ["ConvertReport", "OFFICIAL_ARCHS", "bn_check", "convert_official", "load_official",
+           "numpy_safe_globals", "official_forward", "official_mask"]

@@ -23,9 +23,13 @@ import numpy as np
 import torch
 
 from ._io import file_sha256, write_json
+from .checkpoint import build, checkpoint_dataset, read
+from .data import DEFAULT_EPS, get_dataset, get_spec
 from .distributed import resolve_device
 from .errors import ConfigError, DataError
-from .exact import clean_accuracy, indices_digest, pack_flags, wilson_interval
+from .exact import check_profile, clean_accuracy, indices_digest, pack_flags, wilson_interval
+from .resolve import Resolver, resolve_checkpoint
+from .robust import make_attack_spec, open_state, process_group, robust_evaluation, shard_from_env
 
 
 def select_indices(total: int, n_examples: int | None = None, mode: str = "first", seed: int = 0) -> np.ndarray:
@@ -56,14 +60,6 @@ def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def checkpoint_dataset(ckpt) -> str | None:
-    """The dataset name recorded in `rbzoo.dataset` (a JSON object or a bare name), if any."""
-    value = ckpt.meta_json("rbzoo.dataset")
-    if isinstance(value, dict):
-        value = value.get("name")
-    return value if isinstance(value, str) and value else None
 
 
 def default_state_dir(out: Path | None, fingerprint: dict) -> Path:
@@ -105,23 +101,11 @@ class EvalConfig:
     out: str | os.PathLike | None = None
     state: str | os.PathLike | None = None
     fresh: bool = False
+    numerics: str = "verify"  # rbzoo.exact profile of the clean pass: verify | fast | bf16
 
 
-def run_eval(config: EvalConfig, *, progress: Callable[[str, int, int], None] | None = None) -> dict | None:
-    """Evaluate a checkpoint as `config` says and return the results (written atomically to
-    `config.out` if given). Every input is checked before anything is written. Under torchrun the
-    ranks share the attack chunks; rank 0 returns the merged results, the others None.
-    `progress(stage, done, total)` reports "clean" then the attack's progress.
-    """
-    from .checkpoint import build, read
-    from .data import DEFAULT_EPS, get_dataset, get_spec
-    from .resolve import resolve_checkpoint
-    from .robust import make_attack_spec, open_state, process_group, robust_evaluation, shard_from_env
-
-    t0 = time.perf_counter()
-    shard = shard_from_env()
-    path = resolve_checkpoint(config.model)
-    ckpt = read(path)
+def _check_config(config: EvalConfig, ckpt, path: Path):
+    """Every option checked against the checkpoint before anything runs: (dataset, spec, attack, out)."""
     recorded = checkpoint_dataset(ckpt)
     name = config.dataset or recorded
     if not name:
@@ -132,6 +116,7 @@ def run_eval(config: EvalConfig, *, progress: Callable[[str, int, int], None] | 
         raise DataError(f"{path.name} has {model_classes} classes but {name} has {spec.num_classes}: wrong --dataset for this model")
     if model_channels != spec.channels:
         raise DataError(f"{path.name} takes {model_channels}-channel images but {name} has {spec.channels} channels")
+    check_profile(config.numerics)
     attack = None
     if not config.clean_only:
         eps = config.eps
@@ -148,12 +133,26 @@ def run_eval(config: EvalConfig, *, progress: Callable[[str, int, int], None] | 
     out = Path(config.out) if config.out is not None else None
     if out is not None and out.is_dir():
         raise ConfigError(f"--out {out} is a folder; give a file name such as results.json")
+    return name, recorded, attack, out
+
+
+def run_eval(config: EvalConfig, *, progress: Callable[[str, int, int], None] | None = None,
+             remote: Resolver | None = None) -> dict | None:
+    """Evaluate a checkpoint as `config` says and return the results (written atomically to
+    `config.out` if given). Every input is checked before anything is written. Under torchrun the
+    ranks share the attack chunks; rank 0 returns the merged results, the others None.
+    `progress(stage, done, total)` reports "clean" then the attack's progress. `remote` resolves
+    names that are not local files (zoo names, Hub repo ids; see :func:`rbzoo.zoo.resolve_remote`).
+    """
+    t0 = time.perf_counter()
+    shard = shard_from_env()
+    path = resolve_checkpoint(config.model, remote)
+    ckpt = read(path)
+    name, recorded, attack, out = _check_config(config, ckpt, path)
     device = resolve_device(config.device, shard.local_rank)
     dataset = get_dataset(name, config.split, config.data_dir, download=config.download)
     indices = select_indices(len(dataset), config.n_examples, config.subset, config.subset_seed)
-    warns = []
-    if recorded and recorded != name:
-        warns.append(f"rbzoo: the checkpoint was trained on {recorded}, evaluated on {name}")
+    warns = [f"rbzoo: the checkpoint was trained on {recorded}, evaluated on {name}"] if recorded and recorded != name else []
 
     with process_group(shard, device):
         model = build(ckpt, device)
@@ -167,7 +166,7 @@ def run_eval(config: EvalConfig, *, progress: Callable[[str, int, int], None] | 
                 report("clean", done, len(indices))
 
         clean = clean_accuracy(model, dataset, indices=indices, batch_size=config.batch_size, device=device,
-                               num_workers=config.num_workers, progress=clean_step)
+                               num_workers=config.num_workers, progress=clean_step, profile=config.numerics)
         robust, state_dir = None, None
         if attack is not None:
             fingerprint = {
@@ -183,8 +182,18 @@ def run_eval(config: EvalConfig, *, progress: Callable[[str, int, int], None] | 
                                        shard=shard, progress=report)
         if not shard.is_main:
             return None
-    n, subset_used = clean.n_examples, clean.n_examples < len(dataset)
-    results = {
+    results = _results(config, ckpt, path, name, len(dataset), indices, clean, robust, attack, warns, device, shard)
+    results.update(state_dir=str(state_dir) if state_dir else None, wall_s=round(time.perf_counter() - t0, 3))
+    if out is not None:
+        write_json(out, results)
+    return results
+
+
+def _results(config: EvalConfig, ckpt, path: Path, name: str, split_size: int, indices, clean, robust, attack,
+             warns: list[str], device, shard) -> dict:
+    """The results JSON (docs/results.md): what was evaluated, how, and what came out."""
+    n, subset_used = clean.n_examples, clean.n_examples < split_size
+    return {
         "rbzoo_results": 1,
         "model_digest": ckpt.digest,
         # Absolute (symlinks kept, so a Hub-cache path still ends in model.safetensors): readers
@@ -194,12 +203,15 @@ def run_eval(config: EvalConfig, *, progress: Callable[[str, int, int], None] | 
         "split": config.split,
         "n_examples": n,
         "subset": {"mode": config.subset, "seed": config.subset_seed if config.subset == "random" else None},
-        "split_size": len(dataset),
+        "split_size": split_size,
         "indices_sha256": indices_digest(indices),
         "clean_correct": clean.clean_correct,
         "clean_acc": clean.clean_acc,
         "predictions_sha256": clean.predictions_sha256,
         "data_sha256": clean.data_sha256,
+        # Per-sample labels and top-2 margins: what lets another machine verify these predictions
+        # within numerical tolerance (docs/numerics.md), not only bit for bit.
+        "certificate": clean.certificate().to_json(),
         "robust_correct": robust.robust_correct if robust else None,
         "robust_acc": robust.robust_correct / n if robust else None,
         "attack": attack.as_dict() if attack else None,
@@ -209,16 +221,11 @@ def run_eval(config: EvalConfig, *, progress: Callable[[str, int, int], None] | 
                       "robust": wilson_interval(robust.robust_correct, n) if robust else None} if subset_used else None),
         "robust_flags": pack_flags(robust.flags) if robust else None,
         "warnings": warns + (robust.warnings if robust else []),
-        "wall_s": round(time.perf_counter() - t0, 3),
         "versions": package_versions(),
         "device": describe_device(device),
         "world_size": shard.world,
         "numerics": clean.numerics,
-        "state_dir": str(state_dir) if state_dir else None,
+        "numerics_profile": clean.profile,
         "n_chunks": robust.n_chunks if robust else None,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    if out is not None:
-        write_json(out, results)
-    return results
-

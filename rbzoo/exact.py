@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -372,6 +373,13 @@ class Certificate:
     def near_ties(self, tau: float | None = None) -> np.ndarray:
         """Indices of the samples whose margin is below τ (this certificate's by default)."""
         return np.flatnonzero(self.margins < (self.tau if tau is None else tau))
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the canonical JSON of :meth:`to_json` (sorted keys, no spaces): what a card pins
+        as `expected.certificate_sha256`. Independent of how the JSON was spelled when read."""
+        text = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+        return hashlib.sha256(text.encode("ascii")).hexdigest()
 
     @property
     def labels_sha256(self) -> str:

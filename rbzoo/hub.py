@@ -1,15 +1,10 @@
-"""The zoo on the Hugging Face Hub: push, pull (verified exactly), names, and a registry of verified pulls.
+"""The Hugging Face Hub side of the zoo: push (one commit of card, checkpoint and results) and
+fetching a zoo repo's files at a pinned commit. The pull workflow built on it is :mod:`rbzoo.zoo`.
 
 A zoo repo — on the Hub or in a folder for air-gapped exchange — holds three files, written in one
 commit: `README.md` (the model card, :mod:`rbzoo.cards`), `model.safetensors` (the checkpoint) and
-`results.json` (the `rbzoo eval` results, plus `predictions_b64`, the per-sample predicted labels as
-base64 int16 little-endian, so a mismatch can name the samples that disagree).
-
-`pull` trusts nothing it downloads: the file's SHA-256 must equal the card's (and the server's LFS
-hash), the checkpoint must load strictly, and the clean accuracy is re-evaluated under the pinned
-numerics profile and compared sample by sample (count + prediction digest) with the card. A
-verified pull is recorded in `$RBZOO_HOME/verified.json` keyed by repo, commit and file SHA-256,
-so repeating it is instant and works offline from the download cache.
+`results.json` (the `rbzoo eval` results, with the per-sample verification certificate that the
+card pins by `expected.certificate_sha256`).
 
 Every Hub call passes `endpoint=`, `token=` and `cache_dir=` explicitly: huggingface_hub reads its
 environment once, at import, while rbzoo honours `--endpoint`/`HF_ENDPOINT` etc. on every call.
@@ -18,7 +13,6 @@ The token is never printed or logged.
 
 from __future__ import annotations
 
-import base64
 import copy
 import hashlib
 import json
@@ -26,29 +20,23 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from . import __version__
-from ._io import file_sha256 as sha256_file
 from ._io import check_output, write_bytes, write_text
 from .cards import HEX40, HEX64, NAME_RE, OBJECTIVES, REPO_RE, Card, build_card, load_card
-from .checkpoint import Checkpoint, build, read
+from .checkpoint import Checkpoint, build, checkpoint_dataset, read
 from .constants import cards_dir as default_cards_dir
-from .constants import hf_cache_dir, hf_endpoint, hf_offline, hf_token, rbzoo_home
+from .constants import hf_cache_dir, hf_endpoint, hf_offline, hf_token
+from .data import DEFAULT_EPS, get_dataset, get_spec
 from .errors import CheckpointError, ConfigError, DataError, HubError, RbzooError, VerificationError
-from .evaluate import checkpoint_dataset
-from .exact import clean_accuracy, pack_uint, predictions_digest, unpack_uint
-from .verified import ZooEntry, list_zoo, registry_entries  # noqa: F401  (public via hub too)
-from .verified import registry_key as _key
-from .verified import registry_put as _registry_put
+from .exact import Certificate, clean_accuracy, compare
+from .inspect import describe
 
 CARD_FILE = "README.md"
 CHECKPOINT_FILE = "model.safetensors"
 RESULTS_FILE = "results.json"
-MAX_LISTED = 10  # disagreeing sample indices named in a mismatch message
 
 # `progress(description, total)` returns a callback taking the number of items just done.
 Progress = Callable[[str, int], Callable[[int], None]]
@@ -70,44 +58,8 @@ class PushResult:
         return f"{self.repo_id}@{self.commit}" if self.repo_id and self.commit else None
 
 
-@dataclass
-class PullResult:
-    card: Card
-    path: Path
-    sha256: str
-    size: int
-    repo_id: str | None
-    revision: str | None  # the commit actually downloaded (None for a folder)
-    status: str  # "verified" (now), "cached" (verified before), "skipped" (--no-verify)
-    clean_correct: int | None = None
-    n_examples: int | None = None
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def label(self) -> str:
-        if self.repo_id and self.revision:
-            return f"{self.repo_id}@{self.revision[:12]}"
-        return self.repo_id or self.card.name
-
-
 # ------------------------------------------------------------------------------------------ helpers
 
-
-
-def encode_predictions(predictions) -> str:
-    """Per-sample predicted labels as base64 of 16-bit fields, i.e. uint16 little-endian
-    (results.json `predictions_b64`)."""
-    return base64.b64encode(pack_uint(predictions, 16)).decode("ascii")
-
-
-def decode_predictions(text: str) -> np.ndarray:
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except (ValueError, TypeError):
-        raise ConfigError("results.json: `predictions_b64` is not valid base64") from None
-    if len(raw) % 2:
-        raise ConfigError("results.json: `predictions_b64` does not hold int16 values")
-    return unpack_uint(raw, len(raw) // 2, 16)
 
 
 def _scrub(text: str, token: str | None) -> str:
@@ -172,39 +124,6 @@ def _load_checkpoint(path: Path) -> tuple[Checkpoint, object]:
     return ck, build(ck)
 
 
-# ------------------------------------------------------------------------------------------ names
-
-@dataclass
-class Spec:
-    kind: str  # "folder" | "card" | "repo"
-    text: str
-    repo_id: str | None = None
-    revision: str | None = None
-    card: Card | None = None
-    folder: Path | None = None
-
-
-_REV_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
-
-
-def parse_spec(spec: str, cards_dir: str | Path | None = None) -> Spec | None:
-    """Classify NAME | REPO_ID[@REV] | DIR; None when `spec` is none of them."""
-    p = Path(spec).expanduser()
-    if p.is_dir():
-        return Spec("folder", spec, folder=p)
-    if NAME_RE.match(spec):
-        card_path = default_cards_dir(cards_dir) / f"{spec}.md"
-        if card_path.is_file():
-            card = load_card(card_path)
-            if card.name != spec:
-                raise HubError(f"{card_path}: rbzoo.name is {card.name!r}, not the file's name {spec!r}")
-            return Spec("card", spec, card.repo_id, card.revision, card=card)
-    repo, sep, rev = spec.partition("@")
-    if REPO_RE.match(repo) and (not sep or _REV_RE.match(rev)):
-        return Spec("repo", spec, repo, rev or None)
-    return None
-
-
 # ------------------------------------------------------------------------------------------ push
 
 def _find_results(ckpt: Path, results: str | Path | None) -> tuple[dict | None, Path | None]:
@@ -256,17 +175,20 @@ def _check_results(res, src: str, digest: str, dataset: str | None) -> dict:
             bad("robust_acc", f"must be a fraction in [0, 1], got {ra!r}")
         if not isinstance(att, dict) or not all(k in att for k in ("norm", "eps", "version")):
             bad("attack", "must give norm, eps and version when robust_acc is set")
-    if res.get("predictions_b64") is not None:
-        preds = decode_predictions(res["predictions_b64"])
-        if len(preds) != n or predictions_digest(preds) != res["predictions_sha256"]:
-            bad("predictions_b64", "does not match n_examples / predictions_sha256")
+    if res.get("certificate") is None:
+        bad("certificate", "is missing: results made before rbzoo 0.2 carry no per-sample certificate; rerun `rbzoo eval`")
+    try:
+        cert = Certificate.from_json(res["certificate"], max_n=n)
+    except RbzooError as e:
+        bad("certificate", f"is not valid ({e})")
+    if cert.n != n or cert.labels_sha256 != res["predictions_sha256"]:
+        bad("certificate", "does not match n_examples / predictions_sha256")
     return res
 
 
 def _results_from_clean(clean, ck: Checkpoint, sha: str, dataset: str, device: str, wall: float) -> dict:
+    import huggingface_hub  # the client is imported where it is needed: pulls from folders never use it
     import torch
-
-    import huggingface_hub
 
     return {
         "rbzoo_results": 1, "model_digest": ck.digest,
@@ -275,6 +197,7 @@ def _results_from_clean(clean, ck: Checkpoint, sha: str, dataset: str, device: s
         "subset": {"mode": "first", "seed": None},
         "clean_correct": clean.clean_correct, "clean_acc": clean.clean_acc,
         "predictions_sha256": clean.predictions_sha256, "data_sha256": clean.data_sha256,
+        "certificate": clean.certificate().to_json(), "numerics_profile": clean.profile,
         "robust_correct": None, "robust_acc": None, "attack": None, "robust_acc_after": {},
         "wilson95": None, "robust_flags": None,
         "warnings": ["clean accuracy computed by `rbzoo push --data-dir`; no robust evaluation"],
@@ -284,10 +207,8 @@ def _results_from_clean(clean, ck: Checkpoint, sha: str, dataset: str, device: s
     }
 
 
-def _test_set(dataset: str, data_dir, n: int | None, what: str, spec_hint: str):
+def load_test_split(dataset: str, data_dir, n: int | None, what: str, spec_hint: str):
     """The test split and the indices evaluated (all, or the first `n`); DataError says how to get it."""
-    from .data import get_dataset
-
     try:
         ds = get_dataset(dataset, "test", data_dir)
     except DataError as e:
@@ -309,6 +230,7 @@ def _card_block(ck: Checkpoint, data: bytes, sha: str, res: dict, name: str, rep
         base.expected[k] == res.get(k) or base.expected[k] is None for k in ("n_examples", "clean_correct",
                                                                              "predictions_sha256", "data_sha256"))
     brb = base.rb if same else {}
+    cert = Certificate.from_json(res["certificate"], max_n=res["n_examples"])
     kept = sum(r.kept for r in ck.layers)
     total = sum(r.n for r in ck.layers) or 1
     keep = train.get("keep", brb.get("keep", round(kept / total, 6)))
@@ -320,23 +242,56 @@ def _card_block(ck: Checkpoint, data: bytes, sha: str, res: dict, name: str, rep
     elif brb.get("claimed", {}).get("robust_acc") is not None:
         robust, rargs, eps = brb["claimed"]["robust_acc"], base.robust_args, brb["eps"]
     else:
-        from .data import DEFAULT_EPS
-
         attack = train.get("attack") if isinstance(train.get("attack"), dict) else {}
         robust, rargs, eps = None, None, attack.get("eps", brb.get("eps", DEFAULT_EPS.get(dataset, 8 / 255)))
     rb = {
         "name": name, "repo_id": repo_id, "revision": None, "checkpoint": CHECKPOINT_FILE,
-        "checkpoint_sha256": sha, "checkpoint_bytes": len(data), "float32_bytes": float32_bytes,
+        "checkpoint_sha256": sha, "checkpoint_bytes": len(data), "model_digest": ck.digest,
+        "float32_bytes": float32_bytes,
         "arch": ck.arch, "keep": keep, "p": train.get("p", brb.get("p")),
         "score_init_scale": train.get("score_init_scale", brb.get("score_init_scale")),
         "objective": objective if objective in OBJECTIVES else None,
         "dataset": dataset, "eps": eps,
         "expected": {"n_examples": n, "clean_correct": correct, "predictions_sha256": res["predictions_sha256"],
-                     "data_sha256": res.get("data_sha256")},
+                     "data_sha256": res.get("data_sha256"), "certificate_sha256": cert.digest, "profile": cert.profile},
         "source_url": brb.get("source_url"), "source_sha256": brb.get("source_sha256"),
         "claimed": {"clean_acc": round(100.0 * correct / n, 2), "robust_acc": robust},
     }
     return rb, rargs, (base.meta.get("license") if base is not None else None) or "mit"
+
+
+def _push_results(ckpt: Path, ck: Checkpoint, model, sha: str, results, data_dir, device: str,
+                  progress: Progress | None) -> tuple[dict, Path | None, str, bool]:
+    """The results a push publishes: given (and checked), and/or computed on `data_dir`.
+    Returns (results, their file, dataset, whether clean accuracy was evaluated here)."""
+    dataset = checkpoint_dataset(ck)
+    res, res_path = _find_results(ckpt, results)
+    if res is not None:
+        res = copy.deepcopy(_check_results(res, str(res_path), ck.digest, dataset))
+        dataset = dataset or res.get("dataset")
+    if dataset is None:
+        raise ConfigError(f"{ckpt}: no `rbzoo.dataset` metadata and no results naming the dataset")
+    get_spec(dataset)
+    if data_dir is None:
+        if res is None:
+            raise ConfigError(f"no clean-accuracy result for {ckpt}: run `rbzoo eval {ckpt} --out "
+                              f"{ckpt.with_name(ckpt.stem + '.results.json')}`, or pass --results FILE or --data-dir DIR")
+        return res, res_path, dataset, False
+    n = res["n_examples"] if res is not None else None
+    ds, indices = load_test_split(dataset, data_dir, n, f"evaluate {ckpt.name}", "rerun with --data-dir DIR")
+    t0 = time.monotonic()
+    total = len(ds) if indices is None else len(indices)
+    clean = clean_accuracy(model, ds, indices=indices, device=device,
+                           progress=progress(f"clean accuracy of {ckpt.name}", total) if progress else None)
+    if res is None:
+        return _results_from_clean(clean, ck, sha, dataset, device, time.monotonic() - t0), None, dataset, True
+    verdict = compare(Certificate.from_json(res["certificate"], max_n=res["n_examples"]), clean.certificate())
+    if not verdict.ok or (res.get("data_sha256") and res["data_sha256"] != clean.data_sha256):
+        what = "the test data differs" if res.get("data_sha256") not in (None, clean.data_sha256) else verdict.message()
+        raise VerificationError(f"{res_path} does not reproduce on {data_dir}: {clean.clean_correct}/{clean.n_examples} "
+                                f"correct now, the results say {res['clean_correct']}/{res['n_examples']} ({what}); "
+                                f"refusing to publish")
+    return res, res_path, dataset, True
 
 
 def push(checkpoint: str | Path, repo_id: str | None = None, *, results: str | Path | None = None,
@@ -348,9 +303,10 @@ def push(checkpoint: str | Path, repo_id: str | None = None, *, results: str | P
 
     Refuses a checkpoint that does not load, results for another model, and a push without a
     clean-accuracy result (from `results`, `<stem>.results.json` / `results.json` beside the
-    checkpoint, or computed on `data_dir`'s test split). Files in `to` are replaced only with
-    `force`, and never when one of them is an input. After a Hub push the zoo's local card
-    `<cards_dir>/<name>.md` is created or updated with the pinned commit.
+    checkpoint, or computed on `data_dir`'s test split; with both, they must agree under the
+    certificate rules). Files in `to` are replaced only with `force`, and never when one of them
+    is an input. After a Hub push the zoo's local card `<cards_dir>/<name>.md` is created or
+    updated with the pinned commit.
     """
     if repo_id is None and to is None:
         raise ConfigError("give a REPO_ID (org/name) to push to the Hub, or --to DIR to write a folder")
@@ -364,65 +320,44 @@ def push(checkpoint: str | Path, repo_id: str | None = None, *, results: str | P
     data = ckpt.read_bytes()  # hash and upload the same bytes, even if the file changes meanwhile
     sha = hashlib.sha256(data).hexdigest()
     ck, model = _load_checkpoint(ckpt)
-    dataset = checkpoint_dataset(ck)
-    res, res_path = _find_results(ckpt, results)
-    if res is not None:
-        res = copy.deepcopy(_check_results(res, str(res_path), ck.digest, dataset))
-        dataset = dataset or res.get("dataset")
-    if dataset is None:
-        raise ConfigError(f"{ckpt}: no `rbzoo.dataset` metadata and no results naming the dataset")
-    from .data import get_spec
-
-    get_spec(dataset)
-    evaluated = False
-    if data_dir is not None:
-        n = res["n_examples"] if res is not None else None
-        ds, indices = _test_set(dataset, data_dir, n, f"evaluate {ckpt.name}", "rerun with --data-dir DIR")
-        t0 = time.monotonic()
-        total = len(ds) if indices is None else len(indices)
-        clean = clean_accuracy(model, ds, indices=indices, device=device,
-                               progress=progress(f"clean accuracy of {ckpt.name}", total) if progress else None)
-        if res is None:
-            res = _results_from_clean(clean, ck, sha, dataset, device, time.monotonic() - t0)
-        else:
-            got = (clean.clean_correct, clean.predictions_sha256, clean.data_sha256)
-            want = (res["clean_correct"], res["predictions_sha256"], res.get("data_sha256") or clean.data_sha256)
-            if got != want:
-                what = "the test data differs" if got[2] != want[2] else "the predictions differ"
-                raise VerificationError(
-                    f"{res_path} does not reproduce on {data_dir}: {clean.clean_correct}/{clean.n_examples} correct "
-                    f"now, the results say {res['clean_correct']}/{res['n_examples']} ({what}); refusing to publish")
-        res.setdefault("predictions_b64", encode_predictions(clean.predictions))
-        evaluated = True
-    elif res is None:
-        raise ConfigError(f"no clean-accuracy result for {ckpt}: run `rbzoo eval {ckpt} --out "
-                          f"{ckpt.with_name(ckpt.stem + '.results.json')}`, or pass --results FILE or --data-dir DIR")
+    res, res_path, dataset, evaluated = _push_results(ckpt, ck, model, sha, results, data_dir, device, progress)
     if name is None:
         name = re.sub(r"[^a-z0-9._-]+", "-", (repo_id.split("/")[1] if repo_id else ckpt.stem).lower()).strip("-._")
     if not NAME_RE.match(name or ""):
         raise ConfigError(f"{name!r} is not a valid zoo name ([a-z0-9._-], starting with a letter or digit)")
     local_path = default_cards_dir(cards_dir) / f"{name}.md"
     base = load_card(local_path) if local_path.is_file() else None
-
-    from .inspect import describe
-
-    f32 = describe(ckpt)["totals"]["float32_bytes"]
-    rb, rargs, license = _card_block(ck, data, sha, res, name, repo_id, dataset, f32, base)
+    rb, rargs, license = _card_block(ck, data, sha, res, name, repo_id, dataset, describe(ckpt)["totals"]["float32_bytes"], base)
     card = build_card(rb, robust_args=rargs, license=license)
     res = dict(res, model={**(res.get("model") or {}), "path": CHECKPOINT_FILE, "file_sha256": sha})
     files = {CHECKPOINT_FILE: data, RESULTS_FILE: (json.dumps(res, indent=2) + "\n").encode(),
              CARD_FILE: card.render().encode("utf-8")}
-
     if to is not None:
-        out = Path(to)
-        if out.exists() and not out.is_dir():
-            raise ConfigError(f"--to {out}: exists and is not a folder")
-        for fname in files:  # all refusals before the first write
-            check_output(out / fname, inputs=(ckpt, res_path), force=force, kind=f"--to {out}:")
-        for fname in (CHECKPOINT_FILE, RESULTS_FILE, CARD_FILE):  # the card last: it marks a complete folder
-            write_bytes(out / fname, files[fname])
-        return PushResult(card, repo_id, folder=out, evaluated=evaluated)
+        _write_folder(Path(to), files, inputs=(ckpt, res_path), force=force)
+        return PushResult(card, repo_id, folder=Path(to), evaluated=evaluated)
+    description = (f"{ck.arch.get('id')} on {dataset}: clean {card.rb['claimed']['clean_acc']:.2f} % "
+                   f"({res['clean_correct']}/{res['n_examples']}), checkpoint SHA-256 {sha}")
+    info = _commit(repo_id, files, f"rbzoo push {name}", description, revision=revision, private=private,
+                   create_pr=create_pr, endpoint=endpoint, token=token)
+    local = build_card(dict(rb, revision=info.oid), robust_args=rargs, license=license)
+    write_text(local_path, local.render())
+    return PushResult(local, repo_id, info.oid, info.commit_url, getattr(info, "pr_url", None),
+                      local_card=local_path, evaluated=evaluated)
 
+
+def _write_folder(out: Path, files: dict[str, bytes], *, inputs: tuple, force: bool) -> None:
+    """The repo layout in a folder (air-gapped exchange): every refusal before the first write."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--to {out}: exists and is not a folder")
+    for fname in files:
+        check_output(out / fname, inputs=inputs, force=force, kind=f"--to {out}:")
+    for fname in (CHECKPOINT_FILE, RESULTS_FILE, CARD_FILE):  # the card last: it marks a complete folder
+        write_bytes(out / fname, files[fname])
+
+
+def _commit(repo_id: str, files: dict[str, bytes], message: str, description: str, *, revision, private: bool,
+            create_pr: bool, endpoint, token):
+    """One Hub commit of `files` (the repo and branch created if needed)."""
     from huggingface_hub import CommitOperationAdd, HfApi
 
     endpoint, token = hf_endpoint(endpoint), hf_token(token)
@@ -433,48 +368,23 @@ def push(checkpoint: str | Path, repo_id: str | None = None, *, results: str | P
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         if revision and revision != "main":
             api.create_branch(repo_id, branch=revision, exist_ok=True)
-        info = api.create_commit(
+        return api.create_commit(
             repo_id, operations=[CommitOperationAdd(path_in_repo=p, path_or_fileobj=files[p]) for p in files],
-            commit_message=f"rbzoo push {name}",
-            commit_description=f"{ck.arch.get('id')} on {dataset}: clean {card.rb['claimed']['clean_acc']:.2f} % "
-                               f"({res['clean_correct']}/{res['n_examples']}), checkpoint SHA-256 {sha}",
-            revision=revision, create_pr=create_pr)
-    commit = info.oid
-    local = build_card(dict(rb, revision=commit), robust_args=rargs, license=license)
-    write_text(local_path, local.render())
-    return PushResult(local, repo_id, commit, info.commit_url, getattr(info, "pr_url", None),
-                      local_card=local_path, evaluated=evaluated)
+            commit_message=message, commit_description=description, revision=revision, create_pr=create_pr)
 
 
-# ------------------------------------------------------------------------------------------ pull
+# ------------------------------------------------------------------------------------------ fetch
 
 @dataclass
-class _Fetched:
+class HubFiles:
+    """A zoo repo's files downloaded at one commit (into the HF cache)."""
+
     card: Card
-    path: Path
+    path: Path  # the checkpoint
     results: dict | None
-    repo_id: str | None
-    commit: str | None
-    server_sha256: str | None = None
-    purge: Callable[[], None] = lambda: None
-    spec: str = ""
-
-
-def _fetch_folder(s: Spec) -> _Fetched:
-    folder = s.folder
-    card = load_card(folder / CARD_FILE) if (folder / CARD_FILE).is_file() else None
-    if card is None:
-        raise HubError(f"{folder}: not a zoo folder (no {CARD_FILE}); write one with `rbzoo push CKPT --to DIR`")
-    path = folder / card.rb["checkpoint"]
-    if not path.is_file():
-        raise HubError(f"{folder}: the card names {card.rb['checkpoint']}, which is missing")
-    results = None
-    if (folder / RESULTS_FILE).is_file():
-        try:
-            results = json.loads((folder / RESULTS_FILE).read_text("utf-8"))
-        except (OSError, ValueError) as e:
-            raise HubError(f"{folder / RESULTS_FILE}: not valid JSON ({e})") from None
-    return _Fetched(card, path, results, card.repo_id, None, spec=str(folder))
+    commit: str
+    server_sha256: str | None  # the checkpoint's LFS SHA-256 as the server states it
+    purge: Callable[[], None]
 
 
 def _purge_cached(path: Path) -> None:
@@ -490,16 +400,17 @@ def _purge_cached(path: Path) -> None:
             pass
 
 
-def _fetch_hub(s: Spec, endpoint: str | None, token: str | None) -> _Fetched:
+def fetch_hub(repo: str, rev: str, *, endpoint: str | None = None, token: str | None = None,
+              local_card: Card | None = None) -> HubFiles:
+    """Download a zoo repo's card, results and checkpoint at the commit `rev` resolves to.
+
+    The card is fetched by `rev` (so the cache records the branch/tag for offline use), the rest at
+    the commit the card came from. With `local_card` (the zoo's copy), the Hub's card must agree
+    with it on what a pull checks. Honours HF_HUB_OFFLINE (cache only).
+    """
     from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
 
     endpoint, token, offline, cache = hf_endpoint(endpoint), hf_token(token), hf_offline(), str(hf_cache_dir())
-    if s.kind == "card":
-        local = s.card
-        repo, rev = local.repo_id, local.revision or "main"
-    else:
-        local, repo, rev = None, s.repo_id, s.revision or "main"
-    where = f"{repo}@{rev}"
 
     def metadata(filename: str, revision: str):
         # One HEAD without retries: a dead server or a 5xx fails at once, instead of after the
@@ -523,25 +434,21 @@ def _fetch_hub(s: Spec, endpoint: str | None, token: str | None) -> _Fetched:
 
     if not offline:
         metadata(CARD_FILE, rev)
-    # Download by the revision asked for (so the cache records the branch/tag for offline use);
-    # the snapshot folder names the commit, and everything else is fetched at that commit.
     card_path = download(CARD_FILE, rev)
     commit = card_path.parent.name  # <cache>/snapshots/<commit>/README.md
     if not HEX40.match(commit):
-        raise HubError(f"{where}: could not tell which commit was downloaded")
-    hub_card = load_card(card_path)
-    card = hub_card
-    if local is not None:
-        for k in ("checkpoint", "checkpoint_sha256", "dataset", "expected"):
-            if hub_card.rb[k] != local.rb[k]:
-                raise VerificationError(f"{repo}@{commit[:12]}: the Hub's card and the zoo card {local.name} disagree "
-                                        f"on rbzoo.{k}; refusing to guess which one is right")
-        card = local
+        raise HubError(f"{repo}@{rev}: could not tell which commit was downloaded")
+    card = load_card(card_path)
+    if local_card is not None:
+        for k in ("checkpoint", "checkpoint_sha256", "model_digest", "dataset", "expected"):
+            if card.rb[k] != local_card.rb[k]:
+                raise VerificationError(f"{repo}@{commit[:12]}: the Hub's card and the zoo card {local_card.name} "
+                                        f"disagree on rbzoo.{k}; refusing to guess which one is right")
+        card = local_card
     fname = card.rb["checkpoint"]
     server_sha = None
     if not offline:
-        meta = metadata(fname, commit)
-        etag = (meta.etag or "").strip('"').lower()
+        etag = (metadata(fname, commit).etag or "").strip('"').lower()
         server_sha = etag if HEX64.match(etag) else None
     results_path = download(RESULTS_FILE, commit, optional=True)
     path = download(fname, commit)
@@ -550,170 +457,8 @@ def _fetch_hub(s: Spec, endpoint: str | None, token: str | None) -> _Fetched:
         try:
             results = json.loads(results_path.read_text("utf-8"))
         except (OSError, ValueError):
-            results = None  # the card is authoritative; results only name disagreeing samples
-    return _Fetched(card, path, results, repo, commit, server_sha, lambda: _purge_cached(path), spec=s.text)
+            results = None  # the card pins what matters; a broken results file only loses the certificate
+    return HubFiles(card, path, results, commit, server_sha, lambda: _purge_cached(path))
 
 
-def _fetch_import(s: Spec, source: str | Path | None, bn_check: bool = True) -> _Fetched:
-    """An imported zoo entry not published on the Hub: fetch the authors' file and convert it.
-
-    The converted file is produced here, by `rbzoo convert`, from a source whose SHA-256 is
-    checked against the card (or recorded on first download); its own SHA-256 is therefore the
-    local reference. What proves it right is the exact clean-accuracy check that follows.
-    """
-    from .convert import import_zoo_entry
-
-    card = s.card
-    path = import_zoo_entry(card.meta, source, cache_dir=rbzoo_home() / "imports", progress=True, bn_check=bn_check)
-    sha, _ = sha256_file(path)
-    return _Fetched(card, Path(path), None, None, None, sha, spec=s.text)
-
-
-def _mismatch(card: Card, clean, results: dict | None, label: str) -> str:
-    """Describe how a re-evaluation differs from the card: counts, and which samples disagree."""
-    exp = card.expected
-    n = exp["n_examples"]
-    msg = (f"{label}: clean accuracy does not reproduce: {clean.clean_correct}/{n} correct, "
-           f"the card says {exp['clean_correct']}/{n}")
-    want = None
-    if isinstance(results, dict) and isinstance(results.get("predictions_b64"), str):
-        try:
-            want = decode_predictions(results["predictions_b64"])
-        except ConfigError:
-            want = None
-        if want is not None and (len(want) != n or (exp["predictions_sha256"] is not None
-                                                    and predictions_digest(want) != exp["predictions_sha256"])):
-            want = None  # results.json does not belong to this card: do not name samples from it
-    if want is not None:
-        diff = np.flatnonzero(want != clean.predictions)
-        shown = ", ".join(str(i) for i in diff[:MAX_LISTED]) + (", …" if len(diff) > MAX_LISTED else "")
-        msg += f"; {len(diff)} of {n} samples are predicted differently (indices {shown})"
-    else:
-        msg += f"; at least {abs(clean.clean_correct - exp['clean_correct'])} of {n} samples differ"
-    if exp["data_sha256"] and clean.data_sha256 != exp["data_sha256"]:
-        msg += "; your copy of the test data differs from the one the card was made with (data digest)"
-    return msg + "; the cached copy is marked unverified"
-
-
-def _check(f: _Fetched, *, verify: bool, data_dir, device: str, progress: Progress | None) -> PullResult:
-    card = f.card
-    label = f"{f.repo_id}@{f.commit[:12]}" if f.repo_id and f.commit else (f.repo_id or str(f.spec))
-    sha, size = sha256_file(f.path)
-    refs = [(who, ref) for who, ref in (("the card", card.rb["checkpoint_sha256"]), ("the server", f.server_sha256))
-            if ref is not None]
-    if not refs:
-        raise VerificationError(f"{label}: no SHA-256 to check {f.path.name} against (the card's checkpoint_sha256 "
-                                f"is null and the server gave none)")
-    wrong = [f"{who} says {ref[:16]}…" for who, ref in refs if ref != sha]
-    if wrong or (card.rb["checkpoint_bytes"] is not None and size != card.rb["checkpoint_bytes"]):
-        f.purge()
-        _registry_put(_key(f.repo_id, f.commit, sha), None)
-        raise VerificationError(f"{label}: {f.path.name} is corrupted: SHA-256 {sha[:16]}… ({size:,} bytes), "
-                                f"{'; '.join(wrong) or 'size differs from the card'}; the download was deleted")
-    ck = read(f.path)  # strict: format, tensor set, shapes, weights and state digests
-    for k, v in card.rb["arch"].items():
-        if ck.arch.get(k) != v:
-            raise VerificationError(f"{label}: the card says arch.{k} = {v!r}, the checkpoint has {ck.arch.get(k)!r}")
-    ds_name = checkpoint_dataset(ck)
-    if ds_name is not None and ds_name != card.dataset:
-        raise VerificationError(f"{label}: the card is for {card.dataset}, the checkpoint was trained on {ds_name}")
-    if isinstance(f.results, dict) and f.results.get("model_digest") not in (None, ck.digest):
-        raise VerificationError(f"{label}: {RESULTS_FILE} describes another model (model_digest differs)")
-
-    key = _key(f.repo_id, f.commit, sha)
-    rec = registry_entries().get(key)
-    out = PullResult(card, f.path, sha, size, f.repo_id, f.commit, "skipped")
-    base = {"name": card.name, "repo_id": f.repo_id, "revision": f.commit, "sha256": sha, "bytes": size,
-            "path": str(f.path), "expected": card.expected}
-    if rec and rec.get("status") == "verified" and rec.get("expected") == card.expected:
-        out.status, out.clean_correct, out.n_examples = "cached", rec["clean_correct"], rec["n_examples"]
-        return out
-    if not verify:
-        # never overwrite a verified or an unverified mark (another process may have set one meanwhile)
-        _registry_put(key, {**base, "status": "downloaded", "checked_at": _now()}, if_absent=True)
-        return out
-
-    exp = card.expected
-    hint = f"rerun `rbzoo pull {f.spec} --data-dir DIR`, or skip the check with --no-verify"
-    ds, indices = _test_set(card.dataset, data_dir, exp["n_examples"], f"verify {card.name}", hint)
-    model = build(ck, device)
-    total = len(ds) if indices is None else len(indices)
-    clean = clean_accuracy(model, ds, indices=indices, device=device,
-                           progress=progress(f"verifying {card.name}", total) if progress else None)
-    ok = clean.clean_correct == exp["clean_correct"] and clean.n_examples == exp["n_examples"] and (
-        exp["predictions_sha256"] is None or clean.predictions_sha256 == exp["predictions_sha256"])
-    result = {"clean_correct": clean.clean_correct, "n_examples": clean.n_examples,
-              "predictions_sha256": clean.predictions_sha256, "data_sha256": clean.data_sha256,
-              "numerics": clean.numerics, "device": str(device), "checked_at": _now()}
-    if not ok:
-        msg = _mismatch(card, clean, f.results, label)
-        _registry_put(key, {**base, **result, "status": "unverified", "reason": msg})
-        raise VerificationError(msg)
-    if exp["data_sha256"] and clean.data_sha256 != exp["data_sha256"]:
-        out.notes.append("predictions match exactly, but your copy of the test data has a different digest")
-    if exp["predictions_sha256"] is None:
-        out.notes.append("the card has no prediction digest: only the correct count was compared")
-    _registry_put(key, {**base, **result, "status": "verified"})
-    out.status, out.clean_correct, out.n_examples = "verified", clean.clean_correct, clean.n_examples
-    return out
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def pull(spec: str, *, data_dir: str | Path | None = None, verify: bool = True, endpoint: str | None = None,
-         token: str | None = None, cards_dir: str | Path | None = None, device: str = "cpu",
-         progress: Progress | None = None, source: str | Path | None = None, bn_check: bool = True) -> PullResult:
-    """Download a zoo model (card name, `org/name[@rev]`, or a `--to` folder) and verify it exactly.
-
-    Imported entries whose card has no repo_id are fetched from the card's `source_url` (or the
-    local official file `source`) and converted first (`bn_check=False`: without the BN-statistics
-    check of the card's keep/p). Checks the file's SHA-256 against the card
-    (and the server), loads it strictly, and unless
-    `verify=False` re-evaluates the clean accuracy on `data_dir`'s test split and compares the
-    correct count and prediction digest with the card. Raises VerificationError on any mismatch.
-    """
-    s = parse_spec(spec, cards_dir)
-    if s is None:
-        raise HubError(f"{spec!r} is not a zoo name (see `rbzoo pull --list`; cards in "
-                       f"{default_cards_dir(cards_dir)}), a Hub repo id org/name[@revision], or a folder")
-    if source is not None and not (s.kind == "card" and s.card.repo_id is None):
-        raise ConfigError("--source is only for imported zoo entries that are not on the Hub (see `rbzoo pull --list`)")
-    if not bn_check and not (s.kind == "card" and s.card.repo_id is None):
-        raise ConfigError("--no-bn-check is only for imported zoo entries that are converted from the authors' file")
-    if s.kind == "folder":
-        fetched = _fetch_folder(s)
-    elif s.kind == "card" and s.card.repo_id is None:  # an imported entry: convert the authors' file
-        fetched = _fetch_import(s, source, bn_check)
-    else:
-        fetched = _fetch_hub(s, endpoint, token)
-    return _check(fetched, verify=verify, data_dir=data_dir, device=device, progress=progress)
-
-
-def resolve_remote(spec: str) -> Path | None:
-    """The local checkpoint for a zoo name or Hub repo id (downloaded and SHA-256-checked), else None.
-
-    For `rbzoo eval NAME` and friends: existing paths and `*.safetensors` names are left to the
-    local resolvers (None). The clean accuracy is not re-evaluated here (eval measures it), but a
-    copy that `rbzoo pull` found not to reproduce its card is refused.
-    """
-    path = Path(spec).expanduser()
-    if path.exists() or spec.endswith((".safetensors", ".pth", ".pt")) or (
-            len(path.parts) > 1 and Path(path.parts[0]).is_dir()):  # "runs/typo": a local path, not org/name
-        return None
-    s = parse_spec(spec)
-    if s is None or s.kind == "folder":
-        return None
-    f = _fetch_import(s, None) if s.kind == "card" and s.card.repo_id is None else _fetch_hub(s, None, None)
-    r = _check(f, verify=False, data_dir=None, device="cpu", progress=None)
-    rec = registry_entries().get(_key(r.repo_id, r.revision, r.sha256))
-    if rec and rec.get("status") == "unverified":
-        raise VerificationError(f"{r.label}: `rbzoo pull` found that this model does not reproduce its card "
-                                f"({rec.get('reason', 'clean accuracy mismatch')}); evaluate the file directly: {r.path}")
-    return r.path
-
-
-__all__ = ["CARD_FILE", "CHECKPOINT_FILE", "RESULTS_FILE", "PullResult", "PushResult", "ZooEntry", "Spec",
-           "decode_predictions", "encode_predictions", "list_zoo", "parse_spec", "pull", "push",
-           "registry_entries", "resolve_remote", "sha256_file"]
+__all__ = ["CARD_FILE", "CHECKPOINT_FILE", "RESULTS_FILE", "HubFiles", "PushResult", "fetch_hub", "push"]

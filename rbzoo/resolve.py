@@ -1,8 +1,10 @@
 """Turn what a user types for MODEL into a checkpoint file.
 
 A MODEL is a checkpoint file, or a run folder holding `best.safetensors` (preferred) or
-`last.safetensors`. Other ways of naming a model (zoo names, Hub repo ids) plug in through
-:data:`RESOLVERS`: callables that return a local path, or None when the name is not theirs.
+`last.safetensors`. Other ways of naming a model (zoo names, Hub repo ids) are the caller's: pass
+a `remote` resolver (e.g. :func:`rbzoo.zoo.resolve_remote`) that returns a local path, or None
+when the name is not its own. This module knows files only, so it sits low and imports nothing
+of the zoo.
 """
 
 from __future__ import annotations
@@ -12,15 +14,13 @@ from pathlib import Path
 
 from .errors import CheckpointError
 
-# Tried in order after files and run folders; the first non-None answer wins. A resolver may
-# raise an RbzooError (e.g. HubError) when the name is clearly its own but cannot be fetched.
-RESOLVERS: list[Callable[[str], Path | None]] = []
-
 RUN_FOLDER_FILES = ("best.safetensors", "last.safetensors")
 
+Resolver = Callable[[str], "Path | None"]
 
-def resolve_checkpoint(spec: str) -> Path:
-    """The checkpoint file that `spec` names (file, run folder, or a registered resolver's name)."""
+
+def resolve_checkpoint(spec: str, remote: Resolver | None = None) -> Path:
+    """The checkpoint file that `spec` names: a file, a run folder, or (via `remote`) a name."""
     path = Path(spec).expanduser()
     if path.is_file():
         return path
@@ -29,18 +29,8 @@ def resolve_checkpoint(spec: str) -> Path:
             if (path / name).is_file():
                 return path / name
         raise CheckpointError(f"no such checkpoint or run folder: {spec} (a folder without {' or '.join(RUN_FOLDER_FILES)})")
-    for resolver in RESOLVERS:
-        found = resolver(spec)
+    if remote is not None:
+        found = remote(spec)
         if found is not None:
             return Path(found)
     raise CheckpointError(f"no such checkpoint or run folder: {spec}")
-
-
-def _zoo_or_hub(spec: str) -> Path | None:
-    # Imported lazily: huggingface_hub is only needed when a name is not a local path.
-    from .hub import resolve_remote
-
-    return resolve_remote(spec)
-
-
-RESOLVERS.append(_zoo_or_hub)

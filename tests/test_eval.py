@@ -146,8 +146,7 @@ def test_wilson_pack_indices_and_chunk_seeds():
     assert chunk_seed(1, 0) != chunk_seed(0, 0) and all(0 <= s < 2**31 for s in seeds)
 
 
-def test_resolve_checkpoint(tiny_checkpoint, tmp_path, monkeypatch):
-    monkeypatch.setattr(resolve, "RESOLVERS", [])  # no Hub lookups for the made-up names below
+def test_resolve_checkpoint(tiny_checkpoint, tmp_path):
     assert resolve.resolve_checkpoint(str(tiny_checkpoint)) == tiny_checkpoint
     run = tmp_path / "run"
     run.mkdir()
@@ -158,15 +157,12 @@ def test_resolve_checkpoint(tiny_checkpoint, tmp_path, monkeypatch):
     (run / "best.safetensors").write_bytes(tiny_checkpoint.read_bytes())
     assert resolve.resolve_checkpoint(str(run)) == run / "best.safetensors"
     with pytest.raises(CheckpointError, match="no such checkpoint or run folder: zoo/rn34"):
-        resolve.resolve_checkpoint("zoo/rn34")
-    hook = lambda name: tiny_checkpoint if name == "zoo/rn34" else None  # noqa: E731
-    resolve.RESOLVERS.append(hook)
-    try:
-        assert resolve.resolve_checkpoint("zoo/rn34") == tiny_checkpoint
-        with pytest.raises(CheckpointError):
-            resolve.resolve_checkpoint("zoo/other")
-    finally:
-        resolve.RESOLVERS.remove(hook)
+        resolve.resolve_checkpoint("zoo/rn34")  # pure: without a remote resolver, names are not looked up
+    remote = lambda name: tiny_checkpoint if name == "zoo/rn34" else None  # noqa: E731
+    assert resolve.resolve_checkpoint("zoo/rn34", remote) == tiny_checkpoint
+    assert resolve.resolve_checkpoint(str(run), remote) == run / "best.safetensors"  # files first
+    with pytest.raises(CheckpointError):
+        resolve.resolve_checkpoint("zoo/other", remote)
 
 
 def test_state_fingerprint_and_corrupt_chunk(tmp_path):

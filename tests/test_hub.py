@@ -24,11 +24,11 @@ from huggingface_hub import CommitOperationAdd, HfApi
 
 import rbzoo
 import rbzoo.data
-from rbzoo import hub
+from rbzoo import hub, verified, zoo
 from rbzoo.cards import build_card, load_card, parse_card
 from rbzoo.cli import main
 from rbzoo.errors import CheckpointError, ConfigError, HubError, VerificationError
-from rbzoo.exact import clean_accuracy, predictions_digest
+from rbzoo.exact import TAU, Certificate, clean_accuracy, predictions_digest
 
 from conftest import make_tiny_checkpoint
 from hub_server import TEST_TOKEN
@@ -85,7 +85,7 @@ def assert_nothing_half_written(env: Path, ckpt: Path) -> None:
     files = list(cache.rglob("*")) if cache.exists() else []
     assert not [p for p in files if p.name.endswith(".incomplete")]
     assert not [p for p in files if p.name in ("model.safetensors", sha(ckpt))]
-    assert hub.registry_entries() == {}
+    assert verified.registry_entries() == {}
 
 
 def precache(server, env: Path, *filenames: str) -> None:
@@ -123,26 +123,29 @@ def test_push_one_commit_then_pull_by_repo_commit_and_name(server, env, tiny_che
     assert readme.revision is None and readme.expected == local.expected
     uploaded = json.loads(_hub_text(server, "results.json"))
     assert uploaded["model"]["path"] == "model.safetensors" and uploaded["model_digest"] == rbzoo.read(tiny_checkpoint).digest
-    preds = hub.decode_predictions(uploaded["predictions_b64"])
-    assert len(preds) == 50 and predictions_digest(preds) == local.expected["predictions_sha256"]
+    cert = Certificate.from_json(uploaded["certificate"])  # per-sample labels and margins, pinned by the card
+    assert cert.n == 50 and predictions_digest(cert.labels) == local.expected["predictions_sha256"]
+    assert cert.digest == local.expected["certificate_sha256"] and local.expected["profile"] == "verify"
+    assert local.rb["model_digest"] == rbzoo.read(tiny_checkpoint).digest
 
-    p1 = hub.pull(REPO, data_dir=cifar10_root, endpoint=server.url, token=TOKEN)
+    p1 = zoo.pull(REPO, data_dir=cifar10_root, endpoint=server.url, token=TOKEN)
     assert p1.status == "verified" and p1.revision == r.commit and sha(p1.path) == sha(tiny_checkpoint)
+    assert p1.verdict == "exact" and p1.message.startswith("exact: all 50 predicted labels equal the reference")
     assert (p1.clean_correct, p1.n_examples) == (local.expected["clean_correct"], 50)
     t0 = time.monotonic()
-    p2 = hub.pull(f"{REPO}@{r.commit}", data_dir=cifar10_root, endpoint=server.url, token=TOKEN)
+    p2 = zoo.pull(f"{REPO}@{r.commit}", data_dir=cifar10_root, endpoint=server.url, token=TOKEN)
     assert p2.status == "cached" and p2.path == p1.path and time.monotonic() - t0 < 2  # recorded: instant
     monkeypatch.setenv("HF_ENDPOINT", server.url)  # the environment is honoured on every call
-    p3 = hub.pull("tiny", data_dir=cifar10_root, token=TOKEN)
+    p3 = zoo.pull("tiny", data_dir=cifar10_root, token=TOKEN)
     assert p3.status == "cached" and p3.revision == r.commit
     # A fresh registry re-verifies (by card name, at the pinned commit) from the download cache.
     monkeypatch.setenv("RBZOO_HOME", str(env / "other_home"))
-    assert hub.pull("tiny", data_dir=cifar10_root, token=TOKEN).status == "verified"
-    assert hub.resolve_remote("tiny") == p1.path
-    assert hub.resolve_remote(REPO) == p1.path
+    assert zoo.pull("tiny", data_dir=cifar10_root, token=TOKEN).status == "verified"
+    assert zoo.resolve_remote("tiny") == p1.path
+    assert zoo.resolve_remote(REPO) == p1.path
     for not_remote in ("no-such-card", str(tiny_checkpoint), "runs/x.safetensors", "not a spec"):
-        assert hub.resolve_remote(not_remote) is None
-    assert [e.status for e in hub.list_zoo()] == ["verified"]
+        assert zoo.resolve_remote(not_remote) is None
+    assert [e.status for e in verified.list_zoo()] == ["verified"]
 
 
 def _hub_text(server, filename: str, revision: str = "main") -> str:
@@ -165,11 +168,11 @@ def test_push_twice_pull_older_revision(server, env, tiny_checkpoint, second_che
     assert second.card.robust_args == {"norm": "Linf", "eps": pytest.approx(8 / 255), "version": "standard"}
     assert load_card(env / "cards" / "tiny.md").revision == second.commit  # the zoo card follows
 
-    old = hub.pull(f"{REPO}@{first.commit}", data_dir=cifar10_root, endpoint=server.url, token=TOKEN)
+    old = zoo.pull(f"{REPO}@{first.commit}", data_dir=cifar10_root, endpoint=server.url, token=TOKEN)
     assert old.status == "verified" and old.revision == first.commit and sha(old.path) == sha(tiny_checkpoint)
-    new = hub.pull(REPO, data_dir=cifar10_root, endpoint=server.url, token=TOKEN)
+    new = zoo.pull(REPO, data_dir=cifar10_root, endpoint=server.url, token=TOKEN)
     assert new.status == "verified" and new.revision == second.commit and sha(new.path) == sha(ckpt2)
-    assert len(hub.registry_entries()) == 2
+    assert len(verified.registry_entries()) == 2
 
 
 def test_push_branch_pr_and_private(server, tiny_checkpoint, second_checkpoint, cifar10_root):
@@ -182,10 +185,10 @@ def test_push_branch_pr_and_private(server, tiny_checkpoint, second_checkpoint, 
     pr = hub.push(second_checkpoint, "test-user/priv", data_dir=cifar10_root, create_pr=True,
                   endpoint=server.url, token=TOKEN)
     assert pr.pr_url.endswith("/discussions/1") and pr.commit not in (dev.commit,)
-    got = hub.pull(f"test-user/priv@{pr.commit}", data_dir=cifar10_root, endpoint=server.url, token=TOKEN)
+    got = zoo.pull(f"test-user/priv@{pr.commit}", data_dir=cifar10_root, endpoint=server.url, token=TOKEN)
     assert got.status == "verified" and sha(got.path) == sha(second_checkpoint)
     with pytest.raises(HubError, match="repository not found"):  # private: anonymous reads see nothing
-        hub.pull("test-user/priv@dev", verify=False, endpoint=server.url, token=None)
+        zoo.pull("test-user/priv@dev", verify=False, endpoint=server.url, token=None)
 
 
 def test_push_refusals(env, tiny_checkpoint, cifar10_root, tmp_path):
@@ -225,9 +228,9 @@ def test_push_refusals(env, tiny_checkpoint, cifar10_root, tmp_path):
 # ------------------------------------------------------------------------------------------ offline
 
 def test_pull_offline_after_server_stop(server, env, pushed, cifar10_root, monkeypatch):
-    first = hub.pull(REPO, data_dir=cifar10_root, endpoint=server.url, token=TOKEN)
+    first = zoo.pull(REPO, data_dir=cifar10_root, endpoint=server.url, token=TOKEN)
     assert first.status == "verified"
-    assert hub.pull("tiny", data_dir=cifar10_root, endpoint=server.url, token=TOKEN).status == "cached"
+    assert zoo.pull("tiny", data_dir=cifar10_root, endpoint=server.url, token=TOKEN).status == "cached"
     server.stop()
     # In a fresh process with HF_HUB_OFFLINE=1 set before huggingface_hub is imported: instant, no data.
     proc = subprocess.run([sys.executable, "-m", "rbzoo", "pull", "tiny"], capture_output=True, text=True,
@@ -239,10 +242,10 @@ def test_pull_offline_after_server_stop(server, env, pushed, cifar10_root, monke
     # re-verifies from the download cache (by repo id on a branch: the cached ref is used).
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("RBZOO_HOME", str(env / "fresh_home"))
-    again = hub.pull(REPO, data_dir=cifar10_root, endpoint=server.url, token=TOKEN)
+    again = zoo.pull(REPO, data_dir=cifar10_root, endpoint=server.url, token=TOKEN)
     assert again.status == "verified" and again.path == first.path
     with pytest.raises(HubError, match="HF_HUB_OFFLINE is set"):
-        hub.pull("test-user/never-pulled", verify=False, endpoint=server.url)
+        zoo.pull("test-user/never-pulled", verify=False, endpoint=server.url)
 
 
 # ------------------------------------------------------------------------------------------ faults
@@ -267,7 +270,7 @@ def test_truncated_download(server, env, pushed, tiny_checkpoint, cifar10_root, 
     assert time.monotonic() - t0 < 20
     assert_nothing_half_written(env, tiny_checkpoint)
     server.truncate_downloads = False
-    assert hub.pull(REPO, data_dir=cifar10_root, endpoint=server.url, token=TOKEN).status == "verified"
+    assert zoo.pull(REPO, data_dir=cifar10_root, endpoint=server.url, token=TOKEN).status == "verified"
 
 
 def test_server_gone_mid_download(server, env, pushed, tiny_checkpoint, cifar10_root, capsys):
@@ -318,45 +321,100 @@ def test_server_error_auth_and_not_found(server, env, pushed, tiny_checkpoint, c
     assert_nothing_half_written(env, tiny_checkpoint)
     # A wrong token on push: 401, nothing committed.
     before = HfApi(endpoint=server.url, token=TOKEN).model_info(REPO).sha
-    ckpt = rbzoo.hub.pull(REPO, verify=False, endpoint=server.url, token=TOKEN).path
+    ckpt = rbzoo.zoo.pull(REPO, verify=False, endpoint=server.url, token=TOKEN).path
     with pytest.raises(HubError, match="HTTP 401"):
         hub.push(ckpt, "test-user/other", data_dir=cifar10_root, endpoint=server.url, token="hf_wrong")
     assert HfApi(endpoint=server.url, token=TOKEN).model_info(REPO).sha == before
 
 
+def _republish(server, card, results, cert: Certificate, message: str) -> None:
+    """Commit a card and results.json whose reference is `cert` (counts and digests made consistent)."""
+    labels = np.array([int(y) for _, y in rbzoo.data.get_dataset("cifar10", "test", results["_root"])])
+    correct = int((cert.labels == labels).sum())
+    exp = dict(card.expected, clean_correct=correct, predictions_sha256=cert.labels_sha256,
+               certificate_sha256=cert.digest, profile=cert.profile)
+    rb = dict(card.rb, expected=exp, claimed={"clean_acc": round(100 * correct / 50, 2), "robust_acc": None})
+    res = {k: v for k, v in results.items() if k != "_root"}
+    res.update(certificate=cert.to_json(), clean_correct=correct, predictions_sha256=cert.labels_sha256)
+    HfApi(endpoint=server.url, token=TOKEN).create_commit(REPO, operations=[
+        CommitOperationAdd("README.md", build_card(rb).render().encode()),
+        CommitOperationAdd("results.json", json.dumps(res).encode())], commit_message=message)
+
+
 def test_card_accuracy_mismatch_names_the_samples(server, env, pushed, cifar10_root, capsys, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
     card = parse_card(_hub_text(server, "README.md"), "README.md")
-    results = json.loads(_hub_text(server, "results.json"))
-    preds = hub.decode_predictions(results["predictions_b64"]).copy()
-    labels = np.array([int(y) for _, y in rbzoo.data.get_dataset("cifar10", "test", cifar10_root)])
-    flipped = [3, 17, 41]
-    preds[flipped] = (preds[flipped] + 1) % 10
-    correct = int((preds == labels).sum())
-    rb = dict(card.rb, expected=dict(card.expected, clean_correct=correct, predictions_sha256=predictions_digest(preds)),
-              claimed={"clean_acc": round(100 * correct / 50, 2), "robust_acc": None})
-    lying = build_card(rb)
-    results.update(predictions_b64=hub.encode_predictions(preds), clean_correct=correct,
-                   predictions_sha256=predictions_digest(preds))
-    HfApi(endpoint=server.url, token=TOKEN).create_commit(REPO, operations=[
-        CommitOperationAdd("README.md", lying.render().encode()),
-        CommitOperationAdd("results.json", json.dumps(results).encode())], commit_message="wrong card")
+    results = dict(json.loads(_hub_text(server, "results.json")), _root=cifar10_root)
+    good = Certificate.from_json(results["certificate"])
+    confident = np.flatnonzero(good.margins > 1e-2)[:3]  # far from any tie: these must never flip
+    preds = good.labels.copy()
+    preds[confident] = (preds[confident] + 1) % 10
+    _republish(server, card, results, Certificate(50, 10, preds, good.margins, good.tau, good.profile), "wrong card")
     rc = main(["pull", REPO, "--data-dir", str(cifar10_root), "--endpoint", server.url, "--token", TOKEN])
     err = capsys.readouterr().err.strip()
     assert rc == VerificationError.exit_code and len(err.splitlines()) == 1
     assert "clean accuracy does not reproduce" in err
-    assert "3 of 50 samples are predicted differently (indices 3, 17, 41)" in err
-    (rec,) = hub.registry_entries().values()
-    assert rec["status"] == "unverified"
+    shown = ", ".join(map(str, confident))
+    assert f"failed: 3 of 50 samples differ outside the near-ties" in err and f"indices {shown}" in err
+    (rec,) = verified.registry_entries().values()
+    assert rec["status"] == "unverified" and rec["verdict"] == "failed"
     with pytest.raises(VerificationError, match="does not reproduce its card"):
-        hub.resolve_remote(REPO)  # `rbzoo eval test-user/tiny` refuses the unverified copy
-    assert [e.status for e in hub.list_zoo()] == ["not pulled"]  # the zoo card pins the good commit
-    # Without per-sample predictions the count still comes out.
-    results.pop("predictions_b64")
+        zoo.resolve_remote(REPO)  # `rbzoo eval test-user/tiny` refuses the unverified copy
+    assert [e.status for e in verified.list_zoo()] == ["not pulled"]  # the zoo card pins the good commit
+
+
+def test_near_tie_flips_verify_within_tolerance_and_strict_refuses(server, env, pushed, cifar10_root, capsys,
+                                                                   monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    """A reference made under bf16 (another machine's profile) whose one near-tie sample came out
+    with another label: the pull says "verified within numerical tolerance" and names it; --strict
+    refuses it; a flip outside the near-ties still fails."""
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    card = parse_card(_hub_text(server, "README.md"), "README.md")
+    results = dict(json.loads(_hub_text(server, "results.json")), _root=cifar10_root)
+    good = Certificate.from_json(results["certificate"])
+    tie = int(np.argmin(good.margins))
+    assert good.margins[tie] < TAU["bf16"]  # a near-tie under bf16's tolerance
+    preds = good.labels.copy()
+    preds[tie] = (preds[tie] + 1) % 10
+    _republish(server, card, results, Certificate(50, 10, preds, good.margins, TAU["bf16"], "bf16"), "bf16 card")
+    assert main(["pull", REPO, "--data-dir", str(cifar10_root), "--strict"]) == VerificationError.exit_code
+    assert "--strict demands exact" in capsys.readouterr().err
+    assert main(["pull", REPO, "--data-dir", str(cifar10_root)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "verified (verified within numerical tolerance)" in out
+    assert f"1 of 50 samples differ, all near-ties" in out and f"indices {tie}" in out
+    rec = [r for r in verified.registry_entries().values() if r["status"] == "verified"]
+    assert len(rec) == 1 and rec[0]["verdict"] == "tolerance"
+
+
+def test_card_without_certificate_compares_counts_only(server, env, pushed, cifar10_root, capsys, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    card = parse_card(_hub_text(server, "README.md"), "README.md")
+    results = json.loads(_hub_text(server, "results.json"))
+    results.pop("certificate")
+    exp = dict(card.expected, predictions_sha256=None, certificate_sha256=None, profile=None)
     HfApi(endpoint=server.url, token=TOKEN).create_commit(REPO, operations=[
-        CommitOperationAdd("results.json", json.dumps(results).encode())], commit_message="no predictions")
-    with pytest.raises(VerificationError, match=r"at least \d+ of 50 samples differ|correct, the card says"):
-        hub.pull(REPO, data_dir=cifar10_root, endpoint=server.url, token=TOKEN)
+        CommitOperationAdd("README.md", build_card(dict(card.rb, expected=exp)).render().encode()),
+        CommitOperationAdd("results.json", json.dumps(results).encode())], commit_message="count only")
+    assert main(["pull", REPO, "--data-dir", str(cifar10_root)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "verified (count only)" in out and "no per-sample reference" in out
+    assert "certificate_sha256:" in out  # the block a maintainer would publish
+    # This machine kept its certificate: with the registry forgotten, the next pull here is exact.
+    (Path(env) / "rbzoo_home" / "verified.json").unlink()
+    r = zoo.pull(REPO, data_dir=cifar10_root)
+    assert r.verdict == "exact" and "earlier certificate" in r.message
+    # A wrong count on a count-only card fails and says by how much.
+    exp = dict(exp, clean_correct=exp["clean_correct"] + 1)
+    claimed = {"clean_acc": round(100 * exp["clean_correct"] / 50, 2), "robust_acc": None}
+    HfApi(endpoint=server.url, token=TOKEN).create_commit(REPO, operations=[CommitOperationAdd(
+        "README.md", build_card(dict(card.rb, expected=exp, claimed=claimed)).render().encode())],
+        commit_message="wrong count")
+    with pytest.raises(VerificationError, match=r"failed \(count only\)"):
+        zoo.pull(REPO, data_dir=cifar10_root, strict=False, numerics="verify")
 
 
 # ------------------------------------------------------------------------------------------ air-gapped
@@ -373,14 +431,14 @@ def test_folder_round_trip_without_server(env, tiny_checkpoint, cifar10_root, mo
     capsys.readouterr()
     assert main(["pull", str(out), "--no-verify"]) == 0
     assert "NOT verified (--no-verify)" in " ".join(capsys.readouterr().out.split())
-    r = hub.pull(str(out), data_dir=cifar10_root)
+    r = zoo.pull(str(out), data_dir=cifar10_root)
     assert r.status == "verified" and r.path == out / "model.safetensors"
-    assert hub.pull(str(out), data_dir=cifar10_root).status == "cached"
+    assert zoo.pull(str(out), data_dir=cifar10_root).status == "cached"
     data = bytearray((out / "model.safetensors").read_bytes())
     data[-1] ^= 0xFF
     (out / "model.safetensors").write_bytes(bytes(data))
     with pytest.raises(VerificationError, match="corrupted"):
-        hub.pull(str(out), data_dir=cifar10_root)
+        zoo.pull(str(out), data_dir=cifar10_root)
     assert (out / "model.safetensors").exists()  # the user's folder is never deleted from
 
 
@@ -470,8 +528,6 @@ def test_quickstart_train_eval_push_pull_and_eval_by_name(server, env, capsys, m
     assert main(["pull", "quickstart"]) == 0  # digits ship with scikit-learn: no --data-dir needed
     text = " ".join(capsys.readouterr().out.split())
     assert f"verified: {rb['expected']['clean_correct']}/360" in text and "PGD" in text
-    if hub.resolve_remote not in resolve.RESOLVERS:
-        monkeypatch.setattr(resolve, "RESOLVERS", [*resolve.RESOLVERS, hub.resolve_remote])
     out = env / "by-name.json"
     assert main(["eval", "quickstart", "--clean-only", "--device", "cpu", "--out", str(out)]) == 0
     again = json.loads(out.read_text())

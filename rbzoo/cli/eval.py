@@ -90,9 +90,12 @@ def eval_cmd(
     out: Annotated[Optional[Path], typer.Option(help="Write the results JSON here (atomically).")] = None,
     state: Annotated[Optional[Path], typer.Option(help="Resume-state folder (default: beside --out, e.g. results.state/).")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Discard any saved state and start over.")] = False,
+    numerics: Annotated[str, typer.Option("--numerics", help="Clean-pass numerics: verify (float32, TF32 off; the "
+                                          "reference), fast (TF32) or bf16; recorded with the certificate.")] = "verify",
 ) -> None:
     """Exact clean accuracy and AutoAttack robust accuracy of a checkpoint (resumable; shard it with torchrun)."""
     from ..evaluate import EvalConfig, run_eval  # here, not at the top: --help stays torch-free
+    from ..zoo import resolve_remote
 
     config = EvalConfig(
         model=model, dataset=dataset, split=split, data_dir=data_dir, download=download, n_examples=n_examples,
@@ -100,12 +103,12 @@ def eval_cmd(
         clean_only=clean_only, norm=norm, eps=eps, version=version,
         attacks=[a for a in attacks.split(",") if a.strip()] if attacks else None, pgd_steps=pgd, alpha=alpha,
         seed=seed, chunk_size=chunk_size, n_iter=n_iter, n_restarts=n_restarts, n_queries=n_queries,
-        out=out, state=state, fresh=fresh,
+        out=out, state=state, fresh=fresh, numerics=numerics,
     )
     if not clean_only:  # the attack saves each finished chunk: the same command continues from there
         resume_hint(same_command())
     display = _Display()
     with display.progress:
-        results = run_eval(config, progress=display)
+        results = run_eval(config, progress=display, remote=resolve_remote)
     if results is not None:  # None on the non-zero ranks of a sharded run
         _summary(results, out)

@@ -113,29 +113,44 @@ def pull(
     device: Annotated[str, typer.Option("--device", help="Device for the verification.")] = "cpu",
     source: Annotated[Optional[Path], typer.Option("--source", help="Imported entries only: a local copy of the authors' official .pth file (instead of downloading it).")] = None,
     no_bn_check: Annotated[bool, typer.Option("--no-bn-check", help="Imported entries only: convert without checking the card's keep/p against the BN statistics (see docs/convert.md).")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Demand every predicted label to equal the reference "
+                                         "(no near-tie tolerance; a count-only card fails).")] = False,
+    numerics: Annotated[str, typer.Option("--numerics", help="Numerics profile of the re-evaluation: verify "
+                                          "(float32, TF32 off), fast (TF32), bf16 (docs/numerics.md).")] = "verify",
+    write_card: Annotated[bool, typer.Option("--write-card", help="Count-only cards: write the card with this "
+                                             "machine's per-sample reference into the cards folder.")] = False,
 ) -> None:
-    """Download a zoo model and verify it exactly: SHA-256, strict load, clean accuracy sample by sample.
+    """Download a zoo model and verify it: SHA-256, strict load, clean accuracy sample by sample.
 
-    Works offline from the cache with HF_HUB_OFFLINE=1; a verified pull is recorded, so repeating
-    it is instant. A mismatch exits non-zero and names the samples that disagree.
+    Says which of three it was: exact (every label equals the reference), verified within
+    numerical tolerance (only near-ties differ, named), or count only (the card has no per-sample
+    reference); anything else exits 3 and names the samples. Works offline from the cache with
+    HF_HUB_OFFLINE=1; a verified pull is recorded, so repeating it is instant.
     """
     if list_zoo:
         _print_zoo(cards_dir)
         return
     if spec is None:
         raise ConfigError("give NAME, REPO_ID[@REV] or DIR to pull, or --list to see the zoo")
-    from .. import hub  # after --list: listing the zoo does not import torch
+    from .. import zoo  # after --list: listing the zoo does not import torch
 
     with _Bars() as bars:
-        r = hub.pull(spec, data_dir=data_dir, verify=not no_verify, endpoint=endpoint, token=token, source=source,
-                     cards_dir=cards_dir, device=device, progress=bars, bn_check=not no_bn_check)
+        r = zoo.pull(spec, data_dir=data_dir, verify=not no_verify, endpoint=endpoint, token=token, source=source,
+                     cards_dir=cards_dir, device=device, progress=bars, bn_check=not no_bn_check, strict=strict,
+                     numerics=numerics, write_card=write_card)
+    _print_pull(spec, r)
+
+
+_VERDICT = {"exact": "exact", "tolerance": "verified within numerical tolerance", "count only": "count only"}
+
+
+def _print_pull(spec: str, r) -> None:
     card = r.card
     f32 = card.rb["float32_bytes"]
+    acc = f"{r.clean_correct}/{r.n_examples} = {_pct(100.0 * r.clean_correct / r.n_examples) if r.n_examples else '—'}"
     clean = {
-        "verified": f"verified: {r.clean_correct}/{r.n_examples} = {_pct(card.rb['claimed']['clean_acc'])}, "
-                    f"predictions identical",
-        "cached": f"verified earlier: {r.clean_correct}/{r.n_examples} = {_pct(card.rb['claimed']['clean_acc'])} "
-                  f"(registry)",
+        "verified": f"verified ({_VERDICT.get(r.verdict, r.verdict)}): {acc}",
+        "cached": f"verified earlier ({_VERDICT.get(r.verdict, r.verdict)}): {acc} (registry)",
         "skipped": f"NOT verified (--no-verify); the card claims {_pct(card.rb['claimed']['clean_acc'])}",
     }[r.status]
     table = Table(title=f"{card.name}", show_header=False)
@@ -148,10 +163,27 @@ def pull(
     table.add_row("clean accuracy", clean)
     table.add_row("robust accuracy", _robust_text(card))
     console.print(table)
+    if r.message:
+        console.print(r.message, highlight=False, markup=False)
     for note in r.notes:
-        console.print(f"note: {note}", highlight=False)
+        console.print(f"note: {note}", highlight=False, markup=False)
     if r.status == "skipped":
         console.print("clean accuracy was not verified (--no-verify)", highlight=False)
+    if r.card_block is not None:
+        _print_card_block(r)
+
+
+def _print_card_block(r) -> None:
+    import yaml
+
+    block = {"model_digest": r.card_block["model_digest"], "expected": r.card_block["expected"]}
+    console.print("this card has no per-sample reference; a maintainer would publish (rbzoo block):", highlight=False)
+    console.print(yaml.safe_dump(block, sort_keys=False).rstrip(), highlight=False, markup=False)
+    if r.written_card is not None:
+        console.print(f"wrote {r.written_card} and its certificate beside it", highlight=False, markup=False)
+    else:
+        console.print("with its certificate: rerun with --write-card (this machine's certificate is kept, so the "
+                      "next pull here is exact)", highlight=False)
 
 
 def _print_zoo(cards_dir) -> None:

@@ -23,6 +23,7 @@ def info(
     """Describe a checkpoint: architecture, seed, per-layer kept counts and coding cost, digest."""
     from .. import inspect as rb_inspect  # library imports live in the commands: --help stays torch-free
     from ..resolve import resolve_checkpoint
+    from ..zoo import resolve_remote
 
     if list_models:
         rows = rb_inspect.model_table()
@@ -38,7 +39,7 @@ def info(
         return
     if checkpoint is None:
         raise typer.BadParameter("give a CHECKPOINT or --list-models")
-    report = rb_inspect.describe(resolve_checkpoint(checkpoint))
+    report = rb_inspect.describe(resolve_checkpoint(checkpoint, resolve_remote))
     if as_json:
         print(json.dumps(report, indent=2))
         return

@@ -1,0 +1,459 @@
+"""The zoo workflow: resolve a name, fetch, import, verify, record.
+
+`pull` is the whole path a user's `rbzoo pull` takes, in one module above :mod:`rbzoo.hub` (Hub
+transport and push) and :mod:`rbzoo.convert` (official file → format-v1 checkpoint):
+
+1. **resolve** — a zoo name (a card in the cards folder), `org/name[@rev]`, or a `--to` folder;
+2. **fetch** — download at a pinned commit, take the folder, or download and convert the authors'
+   file (imported entries);
+3. **verify** — SHA-256 against the card and the server, strict load (the whole-model digest),
+   the card's model digest, then the clean accuracy re-evaluated and compared with the card's
+   reference under the certificate rules of :mod:`rbzoo.exact`: *exact*, *verified within
+   numerical tolerance* (only near-ties differ), *count only* (the card has no per-sample
+   reference), or *failed*;
+4. **record** — the verdict in `$RBZOO_HOME/verified.json` (locked, atomic), plus this machine's
+   certificate when the card had none, so the next pull of the same model here is exact.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ._io import file_sha256, write_json, write_text
+from .cards import NAME_RE, REPO_RE, Card, build_card, load_card
+from .checkpoint import build, checkpoint_dataset, read
+from .constants import cards_dir as default_cards_dir
+from .constants import rbzoo_home
+from .convert import convert_official
+from .data import get_dataset
+from .errors import ConfigError, DataError, HubError, RbzooError, VerificationError
+from .exact import Certificate, Verdict, check_profile, clean_accuracy, compare, compare_count
+from .fetch import download
+from .hub import CARD_FILE, RESULTS_FILE, fetch_hub
+from .verified import registry_entries
+from .verified import registry_key as _key
+from .verified import registry_put as _registry_put
+
+CERTIFICATE_SUFFIX = ".certificate.json"  # beside a card in the cards folder: <name>.certificate.json
+
+# `progress(description, total)` returns a callback taking the number of items just done.
+Progress = Callable[[str, int], Callable[[int], None]]
+
+
+@dataclass
+class Spec:
+    kind: str  # "folder" | "card" | "repo"
+    text: str
+    repo_id: str | None = None
+    revision: str | None = None
+    card: Card | None = None
+    card_path: Path | None = None
+    folder: Path | None = None
+
+
+@dataclass
+class PullResult:
+    card: Card
+    path: Path
+    sha256: str
+    size: int
+    repo_id: str | None
+    revision: str | None  # the commit actually downloaded (None for a folder or an import)
+    status: str  # "verified" (now), "cached" (verified before), "skipped" (--no-verify)
+    verdict: str | None = None  # "exact" | "tolerance" | "count only" (None when skipped)
+    message: str = ""  # the verdict in one line
+    clean_correct: int | None = None
+    n_examples: int | None = None
+    notes: list[str] = field(default_factory=list)
+    card_block: dict | None = None  # the `expected` block a maintainer would publish (count-only cards)
+    written_card: Path | None = None
+
+    @property
+    def label(self) -> str:
+        if self.repo_id and self.revision:
+            return f"{self.repo_id}@{self.revision[:12]}"
+        return self.repo_id or self.card.name
+
+
+@dataclass
+class _Fetched:
+    card: Card
+    path: Path
+    results: dict | None
+    repo_id: str | None
+    commit: str | None
+    server_sha256: str | None = None
+    purge: Callable[[], None] = lambda: None
+    spec: str = ""
+    certificate: dict | None = None  # the card's reference certificate, as published
+
+
+# ------------------------------------------------------------------------------------------ 1. resolve
+
+_REV_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
+
+
+def parse_spec(spec: str, cards_dir: str | Path | None = None) -> Spec | None:
+    """Classify NAME | REPO_ID[@REV] | DIR; None when `spec` is none of them."""
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        return Spec("folder", spec, folder=p)
+    if NAME_RE.match(spec):
+        card_path = default_cards_dir(cards_dir) / f"{spec}.md"
+        if card_path.is_file():
+            card = load_card(card_path)
+            if card.name != spec:
+                raise HubError(f"{card_path}: rbzoo.name is {card.name!r}, not the file's name {spec!r}")
+            return Spec("card", spec, card.repo_id, card.revision, card=card, card_path=card_path)
+    repo, sep, rev = spec.partition("@")
+    if REPO_RE.match(repo) and (not sep or _REV_RE.match(rev)):
+        return Spec("repo", spec, repo, rev or None)
+    return None
+
+
+# ------------------------------------------------------------------------------------------ 2. fetch
+
+def _read_json(path: Path, what: str) -> dict | None:
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as e:
+        raise HubError(f"{path}: not valid JSON ({what}: {e})") from None
+
+
+def _results_certificate(results) -> dict | None:
+    return results.get("certificate") if isinstance(results, dict) else None
+
+
+def _fetch_folder(s: Spec) -> _Fetched:
+    folder = s.folder
+    if not (folder / CARD_FILE).is_file():
+        raise HubError(f"{folder}: not a zoo folder (no {CARD_FILE}); write one with `rbzoo push CKPT --to DIR`")
+    card = load_card(folder / CARD_FILE)
+    path = folder / card.rb["checkpoint"]
+    if not path.is_file():
+        raise HubError(f"{folder}: the card names {card.rb['checkpoint']}, which is missing")
+    results = _read_json(folder / RESULTS_FILE, "results") if (folder / RESULTS_FILE).is_file() else None
+    return _Fetched(card, path, results, card.repo_id, None, spec=str(folder),
+                    certificate=_results_certificate(results))
+
+
+def _fetch_hub(s: Spec, endpoint: str | None, token: str | None) -> _Fetched:
+    local = s.card if s.kind == "card" else None
+    repo, rev = (local.repo_id, local.revision or "main") if local else (s.repo_id, s.revision or "main")
+    got = fetch_hub(repo, rev, endpoint=endpoint, token=token, local_card=local)
+    return _Fetched(got.card, got.path, got.results, repo, got.commit, got.server_sha256, got.purge, spec=s.text,
+                    certificate=_results_certificate(got.results))
+
+
+def import_zoo_entry(card: dict, source: str | Path | None, *, cache_dir: str | Path, progress: bool = True,
+                     bn_check: bool = True) -> Path:
+    """Fetch (or take) an imported zoo entry's official file, convert it, and return the checkpoint.
+
+    `card` is the card's front matter (or its `rbzoo` block). `source` is a local copy of the
+    official file; without it the card's `source_url` is downloaded (resumable, SHA-256 recorded)
+    into `cache_dir/official/`. The conversion goes to `cache_dir/<name>.safetensors` and is
+    reused while it was made from a file with the same SHA-256. `bn_check=False` skips the
+    BN-statistics check of the card's keep/p (`rbzoo pull --no-bn-check`). What proves the result
+    right is the clean-accuracy verification that `pull` runs next, not the conversion.
+    """
+    rb = card.get("rbzoo", card) if isinstance(card, dict) else None
+    if not isinstance(rb, dict) or "name" not in rb or "arch" not in rb:
+        raise HubError("not a zoo card: no rbzoo block with name and arch")
+    name, cache_dir = rb["name"], Path(cache_dir)
+    source, sha = _official_source(rb, source, cache_dir, progress)
+    out = cache_dir / f"{name}.safetensors"
+    if not _converted_from(out, sha):
+        arch = rb["arch"]
+        if rb.get("p") is None or rb.get("keep") is None:
+            raise HubError(f"{name}: the card does not say which keep and p the model was trained with")
+        convert_official(source, arch=arch["id"], keep=rb["keep"], p=rb["p"], end_with_bn=bool(arch.get("end_with_bn")),
+                         num_classes=arch.get("num_classes"), dataset=rb["dataset"], out=out,
+                         objective=rb.get("objective"), bn_consistency=bn_check,
+                         force=True)  # a cache entry: replaced when its source changed
+    return out
+
+
+def _official_source(rb: dict, source, cache_dir: Path, progress: bool) -> tuple[Path, str]:
+    name, want = rb["name"], rb.get("source_sha256")
+    if source is not None:
+        source = Path(source)
+        if not source.is_file():
+            raise HubError(f"{name}: no such source file: {source}")
+        sha, _ = file_sha256(source)
+        if want and sha != want:
+            raise VerificationError(f"{name}: {source} has SHA-256 {sha}, the card says {want}: not the official file")
+        return source, sha
+    if rb.get("source_url"):
+        fetched = download(rb["source_url"], cache_dir / "official" / f"{name}.pth", expected_sha256=want,
+                           progress=progress)
+        return fetched.path, fetched.sha256
+    raise HubError(f"{name}: the card has no download URL for the official file; download it from the "
+                   f"paper's model zoo (https://github.com/IVRL/RobustBinarySubNet#model-zoo) and pass it "
+                   f"with --source FILE")
+
+
+def _converted_from(out: Path, sha: str) -> bool:
+    if not out.is_file():
+        return False
+    try:
+        return read(out).meta_json("rbzoo.source", {}).get("sha256") == sha
+    except RbzooError:
+        return False
+
+
+def _fetch_import(s: Spec, source: str | Path | None, bn_check: bool = True) -> _Fetched:
+    """An imported entry: the authors' file, converted here. Its SHA-256 is the local reference;
+    the card's model digest and the clean-accuracy verification are what prove it right."""
+    path = import_zoo_entry(s.card.meta, source, cache_dir=rbzoo_home() / "imports", progress=True, bn_check=bn_check)
+    sha, _ = file_sha256(path)
+    side = s.card_path.with_name(s.card.name + CERTIFICATE_SUFFIX) if s.card_path else None
+    cert = _read_json(side, "certificate") if side is not None and side.is_file() else None
+    return _Fetched(s.card, Path(path), None, None, None, sha, spec=s.text, certificate=cert)
+
+
+# ------------------------------------------------------------------------------------------ 3. verify
+
+def _check_identity(f: _Fetched, label: str):
+    """SHA-256 against the card and the server, strict load, and the card's identity fields."""
+    card = f.card
+    sha, size = file_sha256(f.path)
+    refs = [(who, ref) for who, ref in (("the card", card.rb["checkpoint_sha256"]), ("the server", f.server_sha256))
+            if ref is not None]
+    if not refs:
+        raise VerificationError(f"{label}: no SHA-256 to check {f.path.name} against (the card's checkpoint_sha256 "
+                                f"is null and the server gave none)")
+    wrong = [f"{who} says {ref[:16]}…" for who, ref in refs if ref != sha]
+    if wrong or (card.rb["checkpoint_bytes"] is not None and size != card.rb["checkpoint_bytes"]):
+        f.purge()
+        _registry_put(_key(f.repo_id, f.commit, sha), None)
+        raise VerificationError(f"{label}: {f.path.name} is corrupted: SHA-256 {sha[:16]}… ({size:,} bytes), "
+                                f"{'; '.join(wrong) or 'size differs from the card'}; the download was deleted")
+    ck = read(f.path)  # strict: format, tensor set, shapes, the whole-model digest
+    if card.rb["model_digest"] is not None and ck.digest != card.rb["model_digest"]:
+        raise VerificationError(f"{label}: the checkpoint's model digest is {ck.digest[:16]}…, the card says "
+                                f"{card.rb['model_digest'][:16]}…: not the model the card describes")
+    for k, v in card.rb["arch"].items():
+        if ck.arch.get(k) != v:
+            raise VerificationError(f"{label}: the card says arch.{k} = {v!r}, the checkpoint has {ck.arch.get(k)!r}")
+    ds_name = checkpoint_dataset(ck)
+    if ds_name is not None and ds_name != card.dataset:
+        raise VerificationError(f"{label}: the card is for {card.dataset}, the checkpoint was trained on {ds_name}")
+    if isinstance(f.results, dict) and f.results.get("model_digest") not in (None, ck.digest):
+        raise VerificationError(f"{label}: {RESULTS_FILE} describes another model (model_digest differs)")
+    return ck, sha, size
+
+
+def _card_reference(f: _Fetched, label: str) -> Certificate | None:
+    """The card's published per-sample reference, checked against the card; None if it has none."""
+    exp = f.card.expected
+    if exp["certificate_sha256"] is None:
+        return None
+    if f.certificate is None:
+        raise VerificationError(f"{label}: the card pins a certificate ({exp['certificate_sha256'][:16]}…) but none "
+                                f"was published beside it")
+    cert = Certificate.from_json(f.certificate, max_n=exp["n_examples"])
+    if cert.digest != exp["certificate_sha256"] or cert.labels_sha256 != exp["predictions_sha256"] \
+            or cert.n != exp["n_examples"] or cert.profile != exp["profile"]:
+        raise VerificationError(f"{label}: the published certificate does not match the card (digest, labels, "
+                                f"size or profile); refusing to verify against it")
+    return cert
+
+
+def _local_reference(model_digest: str, data_sha256: str) -> Certificate | None:
+    """A certificate this machine recorded in an earlier count-only pull of the same model and data."""
+    path = _certificate_path(model_digest, data_sha256)
+    if not path.is_file():
+        return None
+    try:
+        return Certificate.from_json(json.loads(path.read_text("utf-8")))
+    except (OSError, ValueError, RbzooError):
+        return None  # a cache: an unreadable one only means comparing counts again
+
+
+def _certificate_path(model_digest: str, data_sha256: str) -> Path:
+    return rbzoo_home() / "certificates" / f"{model_digest[:32]}-{data_sha256[:16]}.json"
+
+
+def _judge(f: _Fetched, label: str, ck, clean, strict: bool) -> tuple[Verdict, str]:
+    """Compare a re-evaluation with the card: (verdict, what the reference was)."""
+    exp = f.card.expected
+    new = clean.certificate()
+    if clean.n_examples != exp["n_examples"]:
+        raise VerificationError(f"{label}: evaluated {clean.n_examples} samples, the card has {exp['n_examples']}")
+    ref, what = _card_reference(f, label), "the card's certificate"
+    if ref is None and exp["data_sha256"] in (None, clean.data_sha256):
+        ref, what = _local_reference(ck.digest, clean.data_sha256), "this machine's earlier certificate"
+    if ref is not None:
+        verdict = compare(ref, new)
+    elif exp["predictions_sha256"] is not None and exp["predictions_sha256"] == clean.predictions_sha256:
+        verdict, what = Verdict("exact", clean.n_examples, new.tau), "the card's prediction digest"
+    else:
+        verdict, what = compare_count(exp["clean_correct"], clean.clean_correct, new), "the card's count"
+    if strict and verdict.ok and verdict.status != "exact":
+        verdict = Verdict("failed", verdict.n, verdict.tau, verdict.differing, verdict.near_tie_differing,
+                          verdict.differing, verdict.counts)
+        return verdict, what + " (--strict demands exact)"
+    return verdict, what
+
+
+def _verify(f: _Fetched, out: PullResult, ck, *, data_dir, device: str, numerics: str, strict: bool,
+            progress: Progress | None, base: dict) -> PullResult:
+    card, exp, label = f.card, f.card.expected, out.label
+    hint = f"rerun `rbzoo pull {f.spec} --data-dir DIR`, or skip the check with --no-verify"
+    ds, indices = _test_set(card.dataset, data_dir, exp["n_examples"], f"verify {card.name}", hint)
+    total = len(ds) if indices is None else len(indices)
+    clean = clean_accuracy(build(ck, device), ds, indices=indices, device=device, profile=numerics,
+                           progress=progress(f"verifying {card.name}", total) if progress else None)
+    verdict, what = _judge(f, label, ck, clean, strict)
+    message = f"{verdict.message()} (against {what})"
+    record = {**base, "clean_correct": clean.clean_correct, "n_examples": clean.n_examples,
+              "predictions_sha256": clean.predictions_sha256, "data_sha256": clean.data_sha256,
+              "numerics": clean.numerics, "profile": numerics, "device": str(device), "checked_at": _now(),
+              "verdict": verdict.status, "message": message, "model_digest": ck.digest}
+    if not verdict.ok:
+        _registry_put(out_key(out), {**record, "status": "unverified", "reason": message})
+        raise VerificationError(f"{label}: clean accuracy does not reproduce: {message}; the cached copy is marked unverified")
+    if verdict.status == "count only":  # keep this machine's reference: the next pull here is exact
+        cert_path = _certificate_path(ck.digest, clean.data_sha256)
+        write_json(cert_path, clean.certificate().to_json())
+        record["certificate"] = str(cert_path)
+    if exp["certificate_sha256"] is None:
+        out.card_block = maintainer_block(ck.digest, clean)
+    if exp["data_sha256"] and clean.data_sha256 != exp["data_sha256"]:
+        out.notes.append("your copy of the test data has another digest than the card's")
+    _registry_put(out_key(out), {**record, "status": "verified"})
+    out.status, out.verdict, out.message = "verified", verdict.status, message
+    out.clean_correct, out.n_examples = clean.clean_correct, clean.n_examples
+    return out
+
+
+def maintainer_block(model_digest: str, clean) -> dict:
+    """The card fields a maintainer would publish so that later pulls are exact, not count only."""
+    cert = clean.certificate()
+    return {"model_digest": model_digest,
+            "expected": {"n_examples": clean.n_examples, "clean_correct": clean.clean_correct,
+                         "predictions_sha256": clean.predictions_sha256, "data_sha256": clean.data_sha256,
+                         "certificate_sha256": cert.digest, "profile": cert.profile},
+            "certificate": cert.to_json()}
+
+
+def out_key(out: PullResult) -> str:
+    return _key(out.repo_id, out.revision, out.sha256)
+
+
+def _test_set(dataset: str, data_dir, n: int | None, what: str, spec_hint: str):
+    """The test split and the indices evaluated (all, or the first `n`); DataError says how to get it."""
+    try:
+        ds = get_dataset(dataset, "test", data_dir)
+    except DataError as e:
+        raise DataError(f"cannot {what}: {e}; then {spec_hint}") from None
+    if n is not None and n > len(ds):
+        raise DataError(f"cannot {what}: it needs {n} {dataset} test samples, your copy has {len(ds)}")
+    return ds, (None if n is None or n == len(ds) else range(n))
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+# ------------------------------------------------------------------------------------------ 4. the workflow
+
+def _fetch(s: Spec, *, source, bn_check: bool, endpoint, token) -> _Fetched:
+    if s.kind == "folder":
+        return _fetch_folder(s)
+    if s.kind == "card" and s.card.repo_id is None:  # an imported entry: convert the authors' file
+        return _fetch_import(s, source, bn_check)
+    return _fetch_hub(s, endpoint, token)
+
+
+def pull(spec: str, *, data_dir: str | Path | None = None, verify: bool = True, endpoint: str | None = None,
+         token: str | None = None, cards_dir: str | Path | None = None, device: str = "cpu",
+         progress: Progress | None = None, source: str | Path | None = None, bn_check: bool = True,
+         numerics: str = "verify", strict: bool = False, write_card: bool = False) -> PullResult:
+    """Download a zoo model (card name, `org/name[@rev]`, or a `--to` folder) and verify it.
+
+    Imported entries (cards without a repo_id) are fetched from the card's `source_url` (or the
+    local official file `source`) and converted first. The verdict (`PullResult.verdict`) is
+    "exact", "tolerance" (only near-ties differ, docs/numerics.md) or "count only" (the card has no
+    per-sample reference; the count moved by no more than this evaluation's near-ties);
+    anything else raises VerificationError. `strict` demands "exact". `numerics` is the profile
+    of the re-evaluation. `write_card` writes the card with this machine's reference into the
+    cards folder (count-only entries).
+    """
+    s = parse_spec(spec, cards_dir)
+    if s is None:
+        raise HubError(f"{spec!r} is not a zoo name (see `rbzoo pull --list`; cards in "
+                       f"{default_cards_dir(cards_dir)}), a Hub repo id org/name[@revision], or a folder")
+    imported = s.kind == "card" and s.card.repo_id is None
+    if source is not None and not imported:
+        raise ConfigError("--source is only for imported zoo entries that are not on the Hub (see `rbzoo pull --list`)")
+    if not bn_check and not imported:
+        raise ConfigError("--no-bn-check is only for imported zoo entries that are converted from the authors' file")
+    check_profile(numerics)
+    f = _fetch(s, source=source, bn_check=bn_check, endpoint=endpoint, token=token)
+    label = f"{f.repo_id}@{f.commit[:12]}" if f.repo_id and f.commit else (f.repo_id or str(f.spec))
+    ck, sha, size = _check_identity(f, label)
+    out = PullResult(f.card, f.path, sha, size, f.repo_id, f.commit, "skipped")
+    base = {"name": f.card.name, "repo_id": f.repo_id, "revision": f.commit, "sha256": sha, "bytes": size,
+            "path": str(f.path), "expected": f.card.expected}
+    rec = registry_entries().get(out_key(out))
+    if rec and rec.get("status") == "verified" and rec.get("expected") == f.card.expected and rec.get(
+            "model_digest") == ck.digest and not (strict and rec.get("verdict") != "exact") and not write_card:
+        out.status, out.verdict, out.message = "cached", rec.get("verdict"), rec.get("message", "")
+        out.clean_correct, out.n_examples = rec["clean_correct"], rec["n_examples"]
+        return out
+    if not verify:
+        # never overwrite a verified or an unverified mark (another process may have set one meanwhile)
+        _registry_put(out_key(out), {**base, "status": "downloaded", "checked_at": _now()}, if_absent=True)
+        return out
+    out = _verify(f, out, ck, data_dir=data_dir, device=device, numerics=numerics, strict=strict,
+                  progress=progress, base=base)
+    if write_card:
+        out.written_card = _write_card(s, f, out, cards_dir)
+    return out
+
+
+def _write_card(s: Spec, f: _Fetched, out: PullResult, cards_dir) -> Path:
+    """Write the card with this evaluation's reference (and its certificate beside it)."""
+    if out.card_block is None:
+        raise ConfigError(f"{out.label}: the card already has a per-sample reference (certificate_sha256); "
+                          f"--write-card is for cards without one")
+    block = out.card_block
+    rb = dict(f.card.rb, model_digest=block["model_digest"], expected=block["expected"])
+    card = build_card(rb, robust_args=f.card.robust_args, license=f.card.meta.get("license") or "mit")
+    path = s.card_path or default_cards_dir(cards_dir) / f"{f.card.name}.md"
+    write_json(path.with_name(f.card.name + CERTIFICATE_SUFFIX), block["certificate"])
+    write_text(path, card.render())
+    return path
+
+
+def resolve_remote(spec: str) -> Path | None:
+    """The local checkpoint for a zoo name or Hub repo id (downloaded and SHA-256-checked), else None.
+
+    The remote resolver of `rbzoo eval NAME` and friends (:func:`rbzoo.resolve.resolve_checkpoint`
+    takes it as `remote`): existing paths and `*.safetensors` names are not its own (None). The
+    clean accuracy is not re-evaluated here (eval measures it), but a copy that `rbzoo pull` found
+    not to reproduce its card is refused.
+    """
+    path = Path(spec).expanduser()
+    if path.exists() or spec.endswith((".safetensors", ".pth", ".pt")) or (
+            len(path.parts) > 1 and Path(path.parts[0]).is_dir()):  # "runs/typo": a local path, not org/name
+        return None
+    s = parse_spec(spec)
+    if s is None or s.kind == "folder":
+        return None
+    r = pull(spec, verify=False)
+    rec = registry_entries().get(out_key(r))
+    if rec and rec.get("status") == "unverified":
+        raise VerificationError(f"{r.label}: `rbzoo pull` found that this model does not reproduce its card "
+                                f"({rec.get('reason', 'clean accuracy mismatch')}); evaluate the file directly: {r.path}")
+    return r.path
+
+
+__all__ = ["CERTIFICATE_SUFFIX", "PullResult", "Spec", "import_zoo_entry", "maintainer_block", "parse_spec", "pull",
+           "resolve_remote"]
