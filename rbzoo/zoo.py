@@ -287,7 +287,12 @@ def _judge(f: _Fetched, label: str, ck, clean, strict: bool) -> tuple[Verdict, s
         raise VerificationError(f"{label}: evaluated {clean.n_examples} samples, the card has {exp['n_examples']}")
     ref, what = _card_reference(f, label), "the card's certificate"
     if ref is None and exp["data_sha256"] in (None, clean.data_sha256):
-        ref, what = _local_reference(ck.digest, clean.data_sha256), "this machine's earlier certificate"
+        local = _local_reference(ck.digest, clean.data_sha256)
+        if local is not None:  # exact against this machine's past evaluation, if the card's count allows it
+            counted = compare_count(exp["clean_correct"], clean.clean_correct, new)
+            if not counted.ok:
+                return counted, "the card's count"
+            ref, what = local, "this machine's earlier certificate; the card has counts only"
     if ref is not None:
         verdict = compare(ref, new)
     elif exp["predictions_sha256"] is not None and exp["predictions_sha256"] == clean.predictions_sha256:

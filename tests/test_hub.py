@@ -72,6 +72,7 @@ def eval_results(ckpt: Path, data_dir: Path) -> dict:
             "dataset": "cifar10", "split": "test", "n_examples": res.n_examples, "subset": None,
             "clean_correct": res.clean_correct, "clean_acc": res.clean_acc,
             "predictions_sha256": res.predictions_sha256, "data_sha256": res.data_sha256,
+            "certificate": res.certificate().to_json(), "numerics_profile": res.profile,
             "robust_correct": 3, "robust_acc": 3 / res.n_examples,
             "attack": {"norm": "Linf", "eps": 8 / 255, "version": "standard", "attacks": ["apgd-ce"], "seed": 0,
                        "chunk_size": 50},
@@ -211,9 +212,17 @@ def test_push_refusals(env, tiny_checkpoint, cifar10_root, tmp_path):
     (tmp_path / "results.json").write_text(json.dumps(dict(res, subset={"mode": "random", "seed": 0})))
     with pytest.raises(ConfigError, match="`subset`"):
         hub.push(lonely, REPO, endpoint=url, token=TOKEN)
-    wrong = dict(res, clean_correct=res["clean_correct"] + 1, predictions_sha256="0" * 64)
+    (tmp_path / "results.json").write_text(json.dumps(dict(res, predictions_sha256="0" * 64)))
+    with pytest.raises(ConfigError, match="`certificate` does not match"):
+        hub.push(lonely, REPO, endpoint=url, token=TOKEN)
+    cert = Certificate.from_json(res["certificate"])
+    labels = cert.labels.copy()
+    i = int(np.argmax(cert.margins))  # the most confident sample: no numerics excuse its flip
+    labels[i] = (labels[i] + 1) % 10
+    other = Certificate(cert.n, cert.num_classes, labels, cert.margins, cert.tau, cert.profile)
+    wrong = dict(res, certificate=other.to_json(), predictions_sha256=other.labels_sha256)
     (tmp_path / "results.json").write_text(json.dumps(wrong))
-    with pytest.raises(VerificationError, match="does not reproduce"):
+    with pytest.raises(VerificationError, match=f"does not reproduce.*indices {i}"):
         hub.push(lonely, REPO, data_dir=cifar10_root, endpoint=url, token=TOKEN)
     (tmp_path / "results.json").write_text(json.dumps(res))
     with pytest.raises(HubError, match="needs a Hugging Face token"):
@@ -237,7 +246,7 @@ def test_pull_offline_after_server_stop(server, env, pushed, cifar10_root, monke
                           timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": server.url,
                                             "COLUMNS": "200"})
     assert proc.returncode == 0, proc.stderr
-    assert f"verified earlier: {first.clean_correct}/50" in " ".join(proc.stdout.split())
+    assert f"verified earlier (exact): {first.clean_correct}/50" in " ".join(proc.stdout.split())
     # In this process, the variable set at run time is honoured too, and a fresh registry
     # re-verifies from the download cache (by repo id on a branch: the cached ref is used).
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -356,7 +365,7 @@ def test_card_accuracy_mismatch_names_the_samples(server, env, pushed, cifar10_r
     assert rc == VerificationError.exit_code and len(err.splitlines()) == 1
     assert "clean accuracy does not reproduce" in err
     shown = ", ".join(map(str, confident))
-    assert f"failed: 3 of 50 samples differ outside the near-ties" in err and f"indices {shown}" in err
+    assert "failed: 3 of 50 samples differ outside the near-ties" in err and f"indices {shown}" in err
     (rec,) = verified.registry_entries().values()
     assert rec["status"] == "unverified" and rec["verdict"] == "failed"
     with pytest.raises(VerificationError, match="does not reproduce its card"):
@@ -384,7 +393,7 @@ def test_near_tie_flips_verify_within_tolerance_and_strict_refuses(server, env, 
     assert main(["pull", REPO, "--data-dir", str(cifar10_root)]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "verified (verified within numerical tolerance)" in out
-    assert f"1 of 50 samples differ, all near-ties" in out and f"indices {tie}" in out
+    assert "1 of 50 samples differ, all near-ties" in out and f"indices {tie}" in out
     rec = [r for r in verified.registry_entries().values() if r["status"] == "verified"]
     assert len(rec) == 1 and rec[0]["verdict"] == "tolerance"
 
@@ -455,7 +464,7 @@ def test_push_keeps_provenance_of_the_same_imported_model_only(env, tiny_checkpo
     assert (same["source_url"], same["claimed"]["robust_acc"], same["objective"], same["p"]) == (
         "https://example.org/official.pth", 4.0, "pgd", 0.1)
     other = dict(rb, expected=dict(rb["expected"], clean_correct=rb["expected"]["clean_correct"] + 1,
-                                   predictions_sha256=None),
+                                   predictions_sha256=None, certificate_sha256=None, profile=None),
                  claimed={"clean_acc": round(100 * (rb["expected"]["clean_correct"] + 1) / 50, 2), "robust_acc": 4.0})
     (env / "cards" / "imported.md").write_text(build_card(other).render())
     fresh = hub.push(tiny_checkpoint, to=env / "out2", data_dir=cifar10_root, name="imported").card.rb
@@ -480,7 +489,7 @@ def test_cli_push_pull_list_and_missing_data(server, env, tiny_checkpoint, cifar
     assert "cannot verify tiny-c10: cifar10 not found" in err and "--no-verify" in err
     assert main(["pull", "tiny-c10", "--endpoint", server.url, "--data-dir", str(cifar10_root)]) == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert f"verified: {load_card(env / 'cards' / 'tiny-c10.md').expected['clean_correct']}/50" in text
+    assert f"verified (exact): {load_card(env / 'cards' / 'tiny-c10.md').expected['clean_correct']}/50" in text
     assert "smaller than float32" in text and "not measured" in text
     assert main(["pull", "--list"]) == 0
     text = capsys.readouterr().out
@@ -508,7 +517,6 @@ def test_cli_push_reads_env_and_never_prints_the_token(server, env, tiny_checkpo
 def test_quickstart_train_eval_push_pull_and_eval_by_name(server, env, capsys, monkeypatch):
     """A reduced quickstart (1 epoch, digits) trained by rbzoo.train, evaluated by `rbzoo eval`,
     pushed, pulled and verified exactly, then evaluated again by its zoo name."""
-    from rbzoo import resolve
     from rbzoo.config import load_config
     from rbzoo.train import train
 
@@ -527,7 +535,7 @@ def test_quickstart_train_eval_push_pull_and_eval_by_name(server, env, capsys, m
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     assert main(["pull", "quickstart"]) == 0  # digits ship with scikit-learn: no --data-dir needed
     text = " ".join(capsys.readouterr().out.split())
-    assert f"verified: {rb['expected']['clean_correct']}/360" in text and "PGD" in text
+    assert f"verified (exact): {rb['expected']['clean_correct']}/360" in text and "PGD" in text
     out = env / "by-name.json"
     assert main(["eval", "quickstart", "--clean-only", "--device", "cpu", "--out", str(out)]) == 0
     again = json.loads(out.read_text())
