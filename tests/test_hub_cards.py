@@ -19,11 +19,12 @@ def paper_block(**changes) -> dict:
     rb = {
         "name": "rn34-cifar10-pgd", "repo_id": "rbzoo/rn34-cifar10-pgd", "revision": "a" * 40,
         "checkpoint": "model.safetensors", "checkpoint_sha256": "b" * 64, "checkpoint_bytes": 123_456,
-        "float32_bytes": 85_100_000,
+        "model_digest": "f" * 64, "float32_bytes": 85_100_000,
         "arch": {"id": "cifar_resnet34", "num_classes": 10, "end_with_bn": True},
         "keep": 0.01, "p": 0.1, "score_init_scale": 0.01, "objective": "pgd", "dataset": "cifar10",
         "eps": 8 / 255,
-        "expected": {"n_examples": 10000, "clean_correct": 7730, "predictions_sha256": "c" * 64, "data_sha256": None},
+        "expected": {"n_examples": 10000, "clean_correct": 7730, "predictions_sha256": "c" * 64, "data_sha256": None,
+                     "certificate_sha256": "e" * 64, "profile": "verify"},
         "source_url": "https://onedrive.live.com/download?cid=X", "source_sha256": "d" * 64,
         "claimed": {"clean_acc": 77.30, "robust_acc": 45.06},
     }
@@ -75,7 +76,7 @@ def test_valid_card_round_trips(meta):
 @pytest.mark.parametrize("path", [("library_name",), ("license",), ("tags",), ("datasets",), ("model-index",),
                                   ("rbzoo",)] + [("rbzoo", k) for k in RBZOO_KEYS]
                          + [("rbzoo", "expected", k) for k in ("n_examples", "clean_correct", "predictions_sha256",
-                                                                "data_sha256")]
+                                                                "data_sha256", "certificate_sha256", "profile")]
                          + [("rbzoo", "claimed", "clean_acc"), ("rbzoo", "claimed", "robust_acc"),
                             ("rbzoo", "arch", "id"), ("rbzoo", "arch", "num_classes")])
 def test_each_missing_field_is_named(meta, path):
@@ -94,7 +95,8 @@ BAD_VALUES = [
     (("rbzoo", "score_init_scale"), -1), (("rbzoo", "objective"), "sgd"), (("rbzoo", "dataset"), "mnist"),
     (("rbzoo", "eps"), 0), (("rbzoo", "expected"), None), (("rbzoo", "expected", "n_examples"), 0),
     (("rbzoo", "expected", "clean_correct"), 10001), (("rbzoo", "expected", "predictions_sha256"), 7),
-    (("rbzoo", "expected", "data_sha256"), "C" * 64), (("rbzoo", "source_url"), "ftp://x"),
+    (("rbzoo", "expected", "data_sha256"), "C" * 64), (("rbzoo", "expected", "certificate_sha256"), "e" * 63),
+    (("rbzoo", "expected", "profile"), "tf32"), (("rbzoo", "model_digest"), "F" * 64), (("rbzoo", "source_url"), "ftp://x"),
     (("rbzoo", "source_sha256"), "d" * 63), (("rbzoo", "claimed"), [77.3]), (("rbzoo", "claimed", "clean_acc"), 101),
     (("rbzoo", "claimed", "robust_acc"), "45"), (("rbzoo", "arch", "num_classes"), "ten"),
 ]
