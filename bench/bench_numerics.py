@@ -27,6 +27,7 @@ import argparse
 import copy
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,11 @@ def profiles(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
             out["TF32 emulated (10-bit mantissa operands)"] = logits(m, x)
     with numerics("bf16"):
         out["bf16 autocast"] = logits(model, x)
+    if torch.cuda.is_available():  # the GPU profiles users run, against the same CPU reference
+        gpu = copy.deepcopy(model).cuda()
+        for profile, label in (("verify", "cuda fp32 (verify)"), ("fast", "cuda TF32 (fast)"), ("bf16", "cuda bf16")):
+            with numerics(profile, "cuda"):
+                out[label] = logits(gpu, x.cuda()).cpu()
     return out
 
 
@@ -135,6 +141,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")  # mkldnn.flags() notes it
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; τ now: {TAU}; safety factor {SAFETY}")
     with tempfile.TemporaryDirectory() as tmp:
         path = args.checkpoint or train_quickstart(Path(tmp) / "qs", args.epochs)
