@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -171,9 +172,18 @@ def test_certificate_rejects_hostile_json(case):
     assert msg.startswith("certificate: ") and "\n" not in msg and len(msg) < 200
 
 
-def test_certificate_bounds_n_before_decoding():
+def test_certificate_bounds_sizes_before_decoding():
     with pytest.raises(VerificationError, match="n must be an integer in 0..100"):
         Certificate.from_json(_with(n=101), max_n=100)
+    huge = _with(labels="A" * 40_000_000, margins="A" * 40_000_000)  # 30 MB each if decoded
+    tracemalloc.start()
+    try:
+        with pytest.raises(VerificationError, match="labels must be base64 of 5 bytes"):
+            Certificate.from_json(huge)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000
 
 
 # --- verdicts -----------------------------------------------------------------------------------------
