@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -171,9 +172,18 @@ def test_certificate_rejects_hostile_json(case):
     assert msg.startswith("certificate: ") and "\n" not in msg and len(msg) < 200
 
 
-def test_certificate_bounds_n_before_decoding():
+def test_certificate_bounds_sizes_before_decoding():
     with pytest.raises(VerificationError, match="n must be an integer in 0..100"):
         Certificate.from_json(_with(n=101), max_n=100)
+    huge = _with(labels="A" * 40_000_000, margins="A" * 40_000_000)  # 30 MB each if decoded
+    tracemalloc.start()
+    try:
+        with pytest.raises(VerificationError, match="labels must be base64 of 5 bytes"):
+            Certificate.from_json(huge)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000
 
 
 # --- verdicts -----------------------------------------------------------------------------------------
@@ -261,23 +271,19 @@ def digits_model(tmp_path_factory) -> nn.Module:
 
 
 def _boundary_points(model: nn.Module, x: torch.Tensor, pairs: int = 24) -> torch.Tensor:
-    """Points on the segment between two differently-classified images, bisected (under the
-    verification profile) to where the label changes: their top-2 margins are nearly zero."""
+    """Points on segments between two differently-classified images, bisected (under the
+    verification profile, all segments at once) to where the label changes: their top-2 margins
+    are nearly zero."""
     with numerics("verify"), torch.no_grad():
         pred = model(x).argmax(1)
-        out = []
-        for i in range(pairs):
-            a = x[i]
-            b = x[int(torch.nonzero(pred != pred[i])[i % 7])]
-            lo, hi, la = 0.0, 1.0, pred[i]
-            for _ in range(30):
-                mid = (lo + hi) / 2
-                if model(((1 - mid) * a + mid * b)[None]).argmax(1)[0] == la:
-                    lo = mid
-                else:
-                    hi = mid
-            out.append((1 - lo) * a + lo * b)
-    return torch.stack(out)
+        a = x[:pairs]
+        b = torch.stack([x[int(torch.nonzero(pred != pred[i])[i % 7])] for i in range(pairs)])
+        lo, hi = torch.zeros(pairs, 1, 1, 1), torch.ones(pairs, 1, 1, 1)
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            same = (model((1 - mid) * a + mid * b).argmax(1) == pred[:pairs]).view(-1, 1, 1, 1)
+            lo, hi = torch.where(same, mid, lo), torch.where(same, hi, mid)
+        return (1 - lo) * a + lo * b
 
 
 @pytest.fixture(scope="module")
