@@ -7,6 +7,7 @@ NCCL, each process driving the GPU of its LOCAL_RANK.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -113,13 +114,21 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(t.item() > 0)
 
 
+def state_digest(tensors: list[torch.Tensor]) -> bytes:
+    """SHA-256 over the exact bytes of `tensors` (a bit-level fingerprint, unlike a sum)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().contiguous().cpu().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.digest()
+
+
 def check_in_sync(module: nn.Module, device: torch.device, extra: list[torch.Tensor] = ()) -> None:
-    """Raise if the trainable parameters (or `extra` state) differ between ranks: a failed sync."""
+    """Raise if the trainable parameters (or `extra` state) differ between ranks by a single bit: a
+    failed sync. Equal scores give equal masks, so every rank then holds the same network."""
     if not (dist.is_available() and dist.is_initialized()):
         return
-    with torch.no_grad():
-        tensors = [p for p in module.parameters() if p.requires_grad] + list(extra)
-        mine = torch.stack([t.detach().double().sum().to(device) for t in tensors])
+    tensors = [p for p in module.parameters() if p.requires_grad] + list(extra)
+    mine = torch.frombuffer(bytearray(state_digest(tensors)), dtype=torch.uint8).to(device)
     everyone = all_gather_cat(mine[None])
-    if not torch.equal(everyone.min(0).values, everyone.max(0).values):
+    if not bool((everyone == everyone[0]).all()):
         raise RuntimeError("training state differs between ranks after an epoch: gradients or attack memory did not synchronize")

@@ -130,6 +130,17 @@ def _uncrop_(t: torch.Tensor, i: torch.Tensor, j: torch.Tensor, patch: torch.Ten
     t[b, :, rows[:, :, None], cols[:, None, :]] = patch.permute(0, 2, 3, 1)
 
 
+def first_occurrence(idx: torch.Tensor) -> torch.Tensor:
+    """Boolean mask of the entries of the 1-D `idx` whose value did not occur earlier in it."""
+    order = torch.argsort(idx, stable=True)  # stable: a value's first occurrence sorts first
+    ordered = idx[order]
+    first = torch.ones_like(ordered, dtype=torch.bool)
+    first[1:] = ordered[1:] != ordered[:-1]
+    keep = torch.empty_like(first)
+    keep[order] = first
+    return keep
+
+
 def _hflip(t: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], t.flip(3), t)
 
@@ -168,7 +179,11 @@ class FastTraining(Objective):
             canvases = F.avg_pool2d(canvases, self.pool)
         # Every rank keeps the whole memory; share this step's updates so the copies stay equal.
         idx, canvases = distributed.all_gather_cat(idx), distributed.all_gather_cat(canvases)
-        self.memory[idx] = canvases
+        # DistributedSampler pads a rank's share with samples another rank also has: one index can
+        # come twice in a step, and an indexed write with repeats has no defined winner on CUDA.
+        # The lowest rank's update wins, on every device.
+        keep = first_occurrence(idx)
+        self.memory[idx[keep]] = canvases[keep]
 
     def __call__(self, model, forward, x, y, idx):
         a, dev, n = self.cfg.attack, x.device, len(x)

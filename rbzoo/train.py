@@ -20,6 +20,7 @@ uninterrupted one; that is why state.pt holds no RNG state (tests/test_train_res
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -28,7 +29,7 @@ import shutil
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -323,27 +324,66 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False,
         torch.set_num_threads(threads)
 
 
-def _train(cfg, out, ctx, resume, force, progress, log, t_start) -> TrainResult:
-    # ---- validate everything before touching the run folder ----
+@dataclass
+class _Parts:
+    """What one run trains with: built once, before the run folder is touched."""
+
+    net: nn.Module  # the bare network: attacks, evaluation and checkpoints use it
+    forward: nn.Module  # the training forward: the DDP wrapper under torchrun, else `net`
+    optimizer: torch.optim.Optimizer
+    objective: object
+    sampler: DistributedSampler
+    loader: DataLoader
+    autocast: object
+    num_workers: int
+
+
+@dataclass
+class _Progress:
+    """The run's history so far: what state.pt stores and a resume restores."""
+
+    start: int = 0
+    history: list = field(default_factory=list)
+    best_epoch: int | None = None
+    best_metric: float = -1.0
+    best_bytes: bytes | None = None
+    elapsed: float = 0.0
+
+
+def _validate(cfg: TrainConfig, out: Path, ctx, resume: bool, force: bool) -> dict | None:
+    """Every check that needs no data: the folder, the batch split, the device; the saved state."""
     check_run_dir(out, resume=resume, force=force)
-    device = ctx.device
     if cfg.batch_size % ctx.world_size:
         raise ConfigError(f"batch_size {cfg.batch_size} is the global batch; it must divide by the {ctx.world_size} processes")
-    if cfg.sync_bn and device.type != "cuda":
+    if cfg.sync_bn and ctx.device.type != "cuda":
+        # torch's SyncBatchNorm refuses CPU tensors (ValueError on the first forward of a
+        # distributed run): say so before anything is written.
         raise ConfigError("sync_bn needs CUDA (torch's SyncBatchNorm runs on GPUs only)")
     state = read_state(out) if resume else None
     if state is not None and state["config"] != cfg.metadata():
         raise ConfigError(f"{out}/{CONFIG_FILE} no longer matches the run's training state; restore it to resume")
-    data = build_data(cfg)
-    net = build_model(cfg).to(device)
+    return state
+
+
+def build_network(cfg: TrainConfig, ctx, state: dict | None = None) -> nn.Module:
+    """The network on its device, in the memory format and BN flavour the config asks for."""
+    net = build_model(cfg).to(ctx.device)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
     if cfg.sync_bn and ctx.enabled:
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     if state is not None:
         load_model_state(net, state["model"])
+    return net
+
+
+def _build_parts(cfg: TrainConfig, ctx, data: _Data, state: dict | None) -> _Parts:
+    device = ctx.device
+    net = build_network(cfg, ctx, state)
     num_workers = cfg.num_workers if cfg.num_workers is not None else (min(8, os.cpu_count() or 1) if device.type == "cuda" else 0)
     per_rank_batch = cfg.batch_size // ctx.world_size
+    # Every rank shuffles with the same seed and takes its stride of one permutation, so global step
+    # s trains on the same samples for any number of processes (when the set divides evenly).
     sampler = DistributedSampler(data.train, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed)
     loader = DataLoader(data.train, batch_size=per_rank_batch, sampler=sampler, num_workers=num_workers,
                         pin_memory=device.type == "cuda", drop_last=len(sampler) % per_rank_batch == 1)  # BN needs ≥ 2
@@ -356,19 +396,27 @@ def _train(cfg, out, ctx, resume, force, progress, log, t_start) -> TrainResult:
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
     objective = make_objective(cfg, len(data.train), data.image_shape, device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
+    return _Parts(net, forward, optimizer, objective, sampler, loader, autocast, num_workers)
 
-    start, history, best_epoch, best_metric, best_bytes, elapsed = 0, [], None, -1.0, None, 0.0
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        try:
-            objective.load_state_dict(state["objective"])
-        except ValueError as e:
-            raise CheckpointError(f"{out}/{STATE_FILE}: {e}") from None
-        start, history, elapsed = state["epoch"], list(state["history"]), state["elapsed_s"]
-        best_epoch, best_metric = state["best"]["epoch"], state["best"]["metric"]
-        best_bytes = state["best_checkpoint"].numpy().tobytes() if state["best_checkpoint"] is not None else None
 
-    # ---- the run folder: created (or repaired to the last committed epoch) only now ----
+def _restore(parts: _Parts, state: dict | None, out: Path) -> _Progress:
+    """Optimizer, attack memory and history from state.pt (a fresh _Progress without one). No RNG
+    state: reseed() at every epoch start makes the run a function of (seed, epoch)."""
+    if state is None:
+        return _Progress()
+    parts.optimizer.load_state_dict(state["optimizer"])
+    try:
+        parts.objective.load_state_dict(state["objective"])
+    except ValueError as e:
+        raise CheckpointError(f"{out}/{STATE_FILE}: {e}") from None
+    best = state["best_checkpoint"]
+    return _Progress(state["epoch"], list(state["history"]), state["best"]["epoch"], state["best"]["metric"],
+                     None if best is None else best.numpy().tobytes(), state["elapsed_s"])
+
+
+def _prepare_run_dir(cfg: TrainConfig, out: Path, ctx, resume: bool, force: bool, run: _Progress, log):
+    """Create the run folder (or repair it to the last committed epoch); rank 0 only. Returns the
+    TensorBoard writer, if any."""
     distributed.barrier()  # every rank has checked the folder before rank 0 changes it
     writer = None
     if ctx.is_main:
@@ -379,122 +427,169 @@ def _train(cfg, out, ctx, resume, force, progress, log, t_start) -> TrainResult:
             write_text(out / CONFIG_FILE, cfg.to_yaml())
         else:
             # Files written after the last state.pt belong to an epoch that will be redone.
-            _write_metrics(out, history)
-            if best_bytes is not None:
-                write_bytes(out / BEST_FILE, best_bytes)
+            _write_metrics(out, run.history)
+            if run.best_bytes is not None:
+                write_bytes(out / BEST_FILE, run.best_bytes)
             elif (out / BEST_FILE).exists():
                 (out / BEST_FILE).unlink()
         if cfg.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                writer = SummaryWriter(str(out / TB_DIR), purge_step=start + 1)
+                writer = SummaryWriter(str(out / TB_DIR), purge_step=run.start + 1)
             except ImportError:
                 log("tensorboard is not installed; continuing without TensorBoard events (pip install tensorboard)")
     distributed.barrier()
+    return writer
 
-    show = ctx.is_main
-    display = _Display(show, sys.stdout.isatty() if progress is None else progress, log, cfg.epochs, start)
-    if show:
-        what = "resuming" if resume else "training"
-        display.log(f"{what} {cfg.name or cfg.arch} → {out}: {cfg.arch} on {cfg.dataset}, objective {cfg.objective}"
-                    f"{' (paper-compat)' if cfg.paper_compat else ''}, keep={cfg.keep:g} (sparsity {cfg.sparsity:g}) p={cfg.p:g}, "
-                    f"epochs {start + 1}..{cfg.epochs}, {len(data.train)} train / {len(data.val_indices)} val / "
-                    f"{len(data.test_indices)} test images, device {device}" + (f" ×{ctx.world_size}" if ctx.enabled else ""))
 
+def order_digest(batches: list[torch.Tensor], device: torch.device) -> str:
+    """SHA-256 of the epoch's global batches: per step, the sorted training positions of every
+    rank. Equal for 1 and N processes with the same global batch (when the set divides evenly)."""
+    if not batches:
+        return hashlib.sha256(b"").hexdigest()
+    sizes = [len(b) for b in batches]  # the same on every rank: DistributedSampler pads to equal shares
+    mine = torch.cat(batches).to(device=device, dtype=torch.int64)
+    everyone = distributed.all_gather_cat(mine).cpu().view(-1, len(mine))  # (world, positions)
+    h, offset = hashlib.sha256(), 0
+    for n in sizes:
+        step = everyone[:, offset:offset + n].flatten().sort().values
+        h.update(step.numpy().astype("<i8").tobytes())
+        offset += n
+    return h.hexdigest()
+
+
+def _train_epoch(cfg: TrainConfig, parts: _Parts, ctx, epoch: int, display: "_Display") -> dict:
+    """One epoch of adversarial training; returns its loss, accuracy, steps and data order."""
+    device, t0 = ctx.device, time.perf_counter()
+    lr = lr_at(cfg, epoch)
+    for group in parts.optimizer.param_groups:
+        group["lr"] = lr
+    reseed(cfg, epoch, ctx.rank)
+    parts.sampler.set_epoch(epoch)
+    display.start_epoch(epoch + 1, len(parts.loader))
+    parts.net.train()
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss·n, correct, n
+    batches = []
+    for x, y, idx in parts.loader:
+        batches.append(idx)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with parts.autocast:
+            loss, logits = parts.objective(parts.net, parts.forward, x, y, idx)
+        parts.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        parts.optimizer.step()  # changes the scores: each masked layer recomputes its top-k once
+        with torch.no_grad():
+            sums += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double(),
+                                 torch.tensor(float(len(y)), dtype=torch.float64, device=device)])
+        if display.progress:
+            done = time.perf_counter() - t0
+            display.batch(f"loss {loss.item():.3f} acc {sums[1].item() / sums[2].item():.3f} "
+                          f"{sums[2].item() * ctx.world_size / done:.0f} img/s keep {cfg.keep:g}")
+    loss_sum, correct, seen = distributed.all_reduce_sum(sums).tolist()
+    distributed.check_in_sync(parts.net, device, parts.objective.live_tensors())
+    return {"lr": lr, "train_loss": loss_sum / seen, "train_acc": correct / seen, "train_steps": len(batches),
+            "train_order_sha256": order_digest(batches, device), "images_per_s": seen / (time.perf_counter() - t0)}
+
+
+def _evaluate_epoch(cfg: TrainConfig, parts: _Parts, ctx, data: _Data, epoch: int) -> tuple[tuple, tuple]:
+    """(n, clean, robust) on the validation and test splits when this epoch evaluates them."""
+    distributed.broadcast_buffers(parts.net)  # rank 0's BN statistics are the model's
+    last_epoch = epoch + 1 == cfg.epochs
+    do_val = bool(data.val_indices) and ((epoch + 1) % cfg.eval_every == 0 or last_epoch)
+    do_test = (epoch + 1) % cfg.test_every == 0 or last_epoch
+    val = test = (None, None, None)
+    if do_val:
+        val = evaluate_split(parts.net, data.val_source, data.val_indices, cfg, ctx, derive_seed(cfg.seed, "val", epoch),
+                             parts.num_workers, parts.autocast)
+    if do_test:
+        test = evaluate_split(parts.net, data.test, data.test_indices, cfg, ctx, derive_seed(cfg.seed, "test", epoch),
+                              parts.num_workers, parts.autocast)
+    return val, test
+
+
+def _record(cfg: TrainConfig, epoch: int, train: dict, val: tuple, test: tuple, data: _Data, run: _Progress,
+            wall: float) -> dict:
+    """The epoch's metrics record; updates the model selection in `run`."""
+    # Model selection by robust validation accuracy (test when there is no validation split).
+    metric = val[2] if data.val_indices else test[2]
+    is_best = metric is not None and metric > run.best_metric
+    if is_best:
+        run.best_epoch, run.best_metric = epoch + 1, metric
+    run.elapsed += wall
+    return {
+        "epoch": epoch + 1, "epochs": cfg.epochs, "lr": train["lr"], "keep": cfg.keep, "sparsity": cfg.sparsity, "p": cfg.p,
+        "objective": cfg.objective, "train_loss": train["train_loss"], "train_acc": train["train_acc"],
+        "val_clean_acc": val[1], "val_robust_acc": val[2], "val_n": val[0],
+        "test_clean_acc": test[1], "test_robust_acc": test[2], "test_n": test[0],
+        "is_best": is_best, "best_epoch": run.best_epoch, "images_per_s": train["images_per_s"], "wall_s": wall,
+        "elapsed_s": run.elapsed, "train_steps": train["train_steps"], "train_order_sha256": train["train_order_sha256"],
+    }
+
+
+def _commit_epoch(cfg: TrainConfig, out: Path, parts: _Parts, run: _Progress, record: dict, writer) -> None:
+    """Write metrics, checkpoints, then state.pt (the commit point); rank 0 only."""
+    _write_metrics(out, run.history)
+    if writer is not None:
+        _tensorboard(writer, record)
+    meta = {"rbzoo.dataset": dataset_metadata(cfg.dataset), "rbzoo.train": cfg.metadata(), "rbzoo.metrics": record}
+    save(parts.net, out / LAST_FILE, metadata=meta)
+    if record["is_best"]:
+        save(parts.net, out / BEST_FILE, metadata=meta)
+        run.best_bytes = (out / BEST_FILE).read_bytes()
+    snapshot = {
+        "format": STATE_FORMAT, "epoch": record["epoch"], "config": cfg.metadata(),
+        "model": model_state(parts.net), "optimizer": parts.optimizer.state_dict(), "objective": parts.objective.state_dict(),
+        "best": {"epoch": run.best_epoch, "metric": run.best_metric},
+        "best_checkpoint": None if run.best_bytes is None else torch.frombuffer(bytearray(run.best_bytes), dtype=torch.uint8),
+        "history": run.history, "elapsed_s": run.elapsed,
+    }
+    with atomic_path(out / STATE_FILE) as tmp:
+        torch.save(snapshot, tmp)
+
+
+def _banner(cfg: TrainConfig, out: Path, ctx, data: _Data, resume: bool, start: int) -> str:
+    what = "resuming" if resume else "training"
+    return (f"{what} {cfg.name or cfg.arch} → {out}: {cfg.arch} on {cfg.dataset}, objective {cfg.objective}"
+            f"{' (paper-compat)' if cfg.paper_compat else ''}, keep={cfg.keep:g} (sparsity {cfg.sparsity:g}) p={cfg.p:g}, "
+            f"epochs {start + 1}..{cfg.epochs}, {len(data.train)} train / {len(data.val_indices)} val / "
+            f"{len(data.test_indices)} test images, device {ctx.device}" + (f" ×{ctx.world_size}" if ctx.enabled else ""))
+
+
+def _train(cfg, out, ctx, resume, force, progress, log, t_start) -> TrainResult:
+    # Everything that can fail on bad input is checked before the run folder is touched.
+    state = _validate(cfg, out, ctx, resume, force)
+    data = build_data(cfg)
+    parts = _build_parts(cfg, ctx, data, state)
+    run = _restore(parts, state, out)
+    writer = _prepare_run_dir(cfg, out, ctx, resume, force, run, log)
+    display = _Display(ctx.is_main, sys.stdout.isatty() if progress is None else progress, log, cfg.epochs, run.start)
+    if ctx.is_main:
+        display.log(_banner(cfg, out, ctx, data, resume, run.start))
     try:
-        for epoch in range(start, cfg.epochs):
+        for epoch in range(run.start, cfg.epochs):
             t0 = time.perf_counter()
-            lr = lr_at(cfg, epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            reseed(cfg, epoch, ctx.rank)
-            sampler.set_epoch(epoch)
-            display.start_epoch(epoch + 1, len(loader))
-
-            # ---- one epoch of adversarial training ----
-            net.train()
-            sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss·n, correct, n
-            for x, y, idx in loader:
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                if cfg.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with autocast:
-                    loss, logits = objective(net, forward, x, y, idx)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()  # changes the scores: each masked layer recomputes its top-k once
-                with torch.no_grad():
-                    sums += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double(),
-                                         torch.tensor(float(len(y)), dtype=torch.float64, device=device)])
-                if display.progress:
-                    done = time.perf_counter() - t0
-                    display.batch(f"loss {loss.item():.3f} acc {sums[1].item() / sums[2].item():.3f} "
-                                  f"{sums[2].item() * ctx.world_size / done:.0f} img/s keep {cfg.keep:g}")
-            loss_sum, correct, seen = distributed.all_reduce_sum(sums).tolist()
-            distributed.check_in_sync(net, device, objective.live_tensors())
-            train_s = time.perf_counter() - t0
-
-            # ---- evaluation (rank 0's BN statistics are the model's) ----
+            train_stats = _train_epoch(cfg, parts, ctx, epoch, display)
             display.evaluating()
-            distributed.broadcast_buffers(net)
-            last_epoch = epoch + 1 == cfg.epochs
-            do_val = bool(data.val_indices) and ((epoch + 1) % cfg.eval_every == 0 or last_epoch)
-            do_test = (epoch + 1) % cfg.test_every == 0 or last_epoch
-            val = test = (None, None, None)
-            if do_val:
-                val = evaluate_split(net, data.val_source, data.val_indices, cfg, ctx, derive_seed(cfg.seed, "val", epoch), num_workers, autocast)
-            if do_test:
-                test = evaluate_split(net, data.test, data.test_indices, cfg, ctx, derive_seed(cfg.seed, "test", epoch), num_workers, autocast)
-            # Model selection by robust validation accuracy (test when there is no validation split).
-            metric = val[2] if data.val_indices else test[2]
-            is_best = metric is not None and metric > best_metric
-            if is_best:
-                best_epoch, best_metric = epoch + 1, metric
-            wall = time.perf_counter() - t0
-            elapsed += wall
-            record = {
-                "epoch": epoch + 1, "epochs": cfg.epochs, "lr": lr, "keep": cfg.keep, "sparsity": cfg.sparsity, "p": cfg.p,
-                "objective": cfg.objective, "train_loss": loss_sum / seen, "train_acc": correct / seen,
-                "val_clean_acc": val[1], "val_robust_acc": val[2], "val_n": val[0],
-                "test_clean_acc": test[1], "test_robust_acc": test[2], "test_n": test[0],
-                "is_best": is_best, "best_epoch": best_epoch, "images_per_s": seen / train_s, "wall_s": wall,
-                "elapsed_s": elapsed,
-            }
-            history.append(record)
-
-            # ---- write the run folder: metrics, checkpoints, then the state (the commit point) ----
+            val, test = _evaluate_epoch(cfg, parts, ctx, data, epoch)
+            record = _record(cfg, epoch, train_stats, val, test, data, run, time.perf_counter() - t0)
+            run.history.append(record)
             if ctx.is_main:
-                _write_metrics(out, history)
-                if writer is not None:
-                    _tensorboard(writer, record)
-                meta = {"rbzoo.dataset": dataset_metadata(cfg.dataset), "rbzoo.train": cfg.metadata(), "rbzoo.metrics": record}
-                save(net, out / LAST_FILE, metadata=meta)
-                if is_best:
-                    save(net, out / BEST_FILE, metadata=meta)
-                    best_bytes = (out / BEST_FILE).read_bytes()
-                snapshot = {
-                    "format": STATE_FORMAT, "epoch": epoch + 1, "config": cfg.metadata(),
-                    "model": model_state(net), "optimizer": optimizer.state_dict(), "objective": objective.state_dict(),
-                    "best": {"epoch": best_epoch, "metric": best_metric},
-                    "best_checkpoint": None if best_bytes is None else torch.frombuffer(bytearray(best_bytes), dtype=torch.uint8),
-                    "history": history, "elapsed_s": elapsed,
-                }
-                with atomic_path(out / STATE_FILE) as tmp:
-                    torch.save(snapshot, tmp)
+                _commit_epoch(cfg, out, parts, run, record, writer)
             distributed.barrier()
             display.end_epoch(epoch_line(record))
     finally:
         display.close()
         if writer is not None:
             writer.close()
-
-    best = next((r for r in history if r["epoch"] == best_epoch), None)
-    last = history[-1] if history else None
-    if show and best is not None:
+    best = next((r for r in run.history if r["epoch"] == run.best_epoch), None)
+    last = run.history[-1] if run.history else None
+    if ctx.is_main and best is not None:
         display.log(f"done: best epoch {best['epoch']} (keep={cfg.keep:g}): val robust {_fmt(best['val_robust_acc'])}, "
                     f"test clean {_fmt(best['test_clean_acc'])}, test robust {_fmt(best['test_robust_acc'])} → {out / BEST_FILE}")
-    return TrainResult(out, len(history), best_epoch, best, last, time.perf_counter() - t_start)
+    return TrainResult(out, len(run.history), run.best_epoch, best, last, time.perf_counter() - t_start)
 
 
 def _tensorboard(writer, r: dict) -> None:

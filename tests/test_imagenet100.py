@@ -41,11 +41,24 @@ def imagenet(tmp_path_factory):
     return root
 
 
-def test_shipped_class_list_is_pinned():
-    data = inet.CLASSES_FILE.read_bytes()
-    assert hashlib.sha256(data).hexdigest() == inet.CLASSES_SHA256
-    assert len(WNIDS) == 100 and WNIDS == sorted(set(WNIDS))
+def test_shipped_class_list_is_pinned_and_says_where_it_comes_from(tmp_path, monkeypatch):
+    text = inet.CLASSES_FILE.read_text()
+    header = "".join(ln for ln in text.splitlines(keepends=True) if ln.startswith("#"))
+    lines = [ln for ln in text.splitlines(keepends=True) if not ln.startswith("#")]
+    for words in ("PODNet", "Continuum", "first 100 ILSVRC2012 synsets", "train_100.txt", "WNID lines only"):
+        assert words in header.replace("\n# ", " ")
+    # The pin is the SHA-256 of the WNID lines alone, exactly as they stand in the file.
+    assert hashlib.sha256("".join(lines).encode()).hexdigest() == inet.CLASSES_SHA256
+    assert len(WNIDS) == 100 and WNIDS == sorted(set(WNIDS)) == [ln.strip() for ln in lines]
     assert WNIDS[0] == "n01440764" and WNIDS[-1] == "n01855672"
+    # Rewording the header keeps the pin; changing a class breaks it.
+    copy = tmp_path / "classes.txt"
+    monkeypatch.setattr(inet, "CLASSES_FILE", copy)
+    copy.write_text("# reworded\n" + "".join(lines))
+    assert inet.class_list() == WNIDS
+    copy.write_text(header + "".join(lines).replace(WNIDS[7], "n09999999"))
+    with pytest.raises(DataError, match="pinned SHA-256"):
+        inet.class_list()
 
 
 def test_custom_class_list_is_validated(tmp_path):
@@ -137,3 +150,37 @@ def test_extra_class_folder_fails_verification(imagenet, tmp_path):
     (tmp_path / "imagenet100" / "train" / OTHER[1]).mkdir(parents=True)
     with pytest.raises(DataError, match="unexpected: n02085620"):
         inet.build_imagenet100(imagenet, tmp_path)
+
+
+def test_build_from_tree_with_extra_classes_and_flat_val(tmp_path):
+    """An ILSVRC2012-like tree: 103 classes in train/, the 50 000-style flat val/. The builder first
+    asks for per-class val folders (and writes nothing); after the valprep step it copies exactly the
+    100 listed classes to OUT/imagenet100/{train,val}/<wnid>/<file>, byte for byte."""
+    root, blob = tmp_path / "ILSVRC2012", _jpeg((10, 200, 30))
+    extra = OTHER + ["n04592741"]
+    owner = {}  # flat val file -> its class (what valprep.sh / LOC_val_solution.csv say)
+    for c, w in enumerate(extra[:1] + WNIDS + extra[1:]):  # extra classes sort among the listed ones
+        (root / "train" / w).mkdir(parents=True)
+        for i in range(1 + c % 2):
+            (root / "train" / w / f"{w}_{i}.JPEG").write_bytes(blob + bytes([c % 251, i]))
+        name = f"ILSVRC2012_val_{c + 1:08d}.JPEG"
+        owner[name] = w
+        (root / "val").mkdir(exist_ok=True)
+        (root / "val" / name).write_bytes(blob + bytes([c % 251]))
+    out = tmp_path / "data"
+    with pytest.raises(DataError, match="flat ILSVRC2012 layout"):
+        inet.build_imagenet100(root, out)
+    assert not out.exists()
+    for name, w in owner.items():  # valprep: move each val image into its class folder
+        (root / "val" / w).mkdir(exist_ok=True)
+        os.replace(root / "val" / name, root / "val" / w / name)
+    res = inet.build_imagenet100(root, out, workers=2)
+    dest = out / "imagenet100"
+    assert sorted(p.name for p in dest.iterdir()) == ["manifest.json", "train", "val"]
+    for split in ("train", "val"):
+        assert sorted(p.name for p in (dest / split).iterdir()) == WNIDS
+        copied = {p.relative_to(dest / split): p.read_bytes() for p in (dest / split).rglob("*") if p.is_file()}
+        source = {p.relative_to(root / split): p.read_bytes() for w in WNIDS for p in (root / split / w).iterdir()}
+        assert copied == source  # the same relative paths, the same bytes, nothing else
+    assert res.total == len(WNIDS) + sum(1 + (c + 1) % 2 for c in range(100)) == res.written
+    assert json.loads((dest / "manifest.json").read_text())["classes_sha256"] == inet.CLASSES_SHA256

@@ -12,10 +12,12 @@ import yaml
 import rbzoo
 from rbzoo.attacks import pgd
 from rbzoo.cli import main
+from rbzoo.distributed import DistContext
+from rbzoo.evaluate import clean_accuracy
 from rbzoo.config import list_configs, load_config
 from rbzoo.errors import ConfigError
 from rbzoo.objectives import FastTraining, _crop, _hflip, _uncrop_, attack_batchnorm
-from rbzoo.train import STATE_FILE, lr_at, train
+from rbzoo.train import STATE_FILE, build_data, build_network, lr_at, train
 
 RECORD_KEYS = {"epoch", "lr", "train_loss", "val_clean_acc", "val_robust_acc", "test_clean_acc", "test_robust_acc",
                "keep", "images_per_s", "wall_s"}
@@ -190,6 +192,10 @@ def test_objectives_end_to_end(cifar10_root, tmp_path, objective):
         assert state["objective"]["memory"].shape == (80, 3, 40, 40)
     else:
         assert state["objective"] == {}
+    # Default: only the training forwards move the BN statistics (TRADES: f(x) and f(x')).
+    steps = sum(r["train_steps"] for r in records)
+    assert steps == cfg.epochs * 3  # 80 images, batches of 32
+    assert int(state["model"]["bn1.num_batches_tracked"]) == steps * (2 if objective == "trades" else 1)
 
 
 def test_paper_compat_cifar100(cifar100_root, tmp_path):
@@ -203,6 +209,10 @@ def test_paper_compat_cifar100(cifar100_root, tmp_path):
     scores = [r["val_robust_acc"] for r in records]
     assert result.best_epoch == scores.index(max(scores)) + 1 == ck.meta_json("rbzoo.metrics")["epoch"]
     assert [r["is_best"] for r in records].count(True) >= 1
+    # Paper-compat PGD-2: every attack forward updates the BN statistics too, 3 updates per batch.
+    state = torch.load(tmp_path / "run" / STATE_FILE, weights_only=True)
+    assert sum(r["train_steps"] for r in records) == 3 * 5  # 150 images, batches of 32
+    assert int(state["model"]["bn1.num_batches_tracked"]) == 3 * 5 * (cfg.attack.steps + 1)
 
 
 def test_tensorboard_events_or_clear_notice(cifar10_root, tmp_path):
@@ -213,6 +223,84 @@ def test_tensorboard_events_or_clear_notice(cifar10_root, tmp_path):
         assert any("tensorboard is not installed" in line for line in lines)
     else:
         assert any((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
+
+
+def test_fast_memory_is_carried_across_epochs_and_resumed(cifar10_root, tmp_path):
+    """The δ memory lives for the whole run: in each epoch every sample's canvas changes inside one
+    32×32 crop window of its 40×40 canvas, starting from where the previous epoch left it (a reset
+    would change the union of two windows). A run interrupted after epoch 1 and resumed ends with
+    the same memory and masks as an uninterrupted one."""
+    cfg = tiny(cifar10_root, objective="fast", epochs=2, batch_size=20, test_subset=10,
+               **{"attack.steps": 1, "attack.alpha": "4/255"})
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_epoch_1(line):
+        if line.startswith("epoch 1/2"):
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(cfg, tmp_path / "cut", progress=False, log=stop_after_epoch_1)
+    m1 = torch.load(tmp_path / "cut" / STATE_FILE, weights_only=True)["objective"]["memory"]
+    train(cfg, tmp_path / "cut", resume=True, progress=False, log=lambda line: None)
+    run(cfg, tmp_path / "ref")
+    m0 = FastTraining(cfg, n=80, image_shape=(3, 32, 32), device=torch.device("cpu")).memory
+    m2 = torch.load(tmp_path / "cut" / STATE_FILE, weights_only=True)["objective"]["memory"]
+    assert torch.equal(m2, torch.load(tmp_path / "ref" / STATE_FILE, weights_only=True)["objective"]["memory"])
+    assert rbzoo.read(tmp_path / "cut" / "last.safetensors").digest == rbzoo.read(tmp_path / "ref" / "last.safetensors").digest
+    for before, after in ((m0, m1), (m1, m2)):
+        changed = (before != after).any(1)  # (samples, 40, 40)
+        rows, cols = changed.any(2), changed.any(1)
+        assert bool(rows.any(1).all())  # every training sample was attacked, at its own position
+        assert int(_span(rows).max()) <= 32 and int(_span(cols).max()) <= 32
+
+
+def _span(flags: torch.Tensor) -> torch.Tensor:
+    """Per row of a boolean (N, L) tensor: last True − first True + 1."""
+    first = flags.float().argmax(1)
+    last = flags.shape[1] - 1 - flags.flip(1).float().argmax(1)
+    return last - first + 1
+
+
+def test_bf16_and_channels_last_runs_load_and_evaluate(cifar10_root, tmp_path):
+    """--bf16 (CPU autocast) and --channels-last: short runs whose checkpoints load and evaluate."""
+    common = {"test_subset": 20, "attack.steps": 1, "eval_attack.steps": 1}
+    digests = {}
+    for name, over in (("fp32", {}), ("bf16", {"bf16": True}), ("cl", {"channels_last": True})):
+        cfg = tiny(cifar10_root, **common, **over)
+        result, _ = run(cfg, tmp_path / name)
+        ck = rbzoo.read(tmp_path / name / "best.safetensors")
+        digests[name] = ck.digest
+        assert all(t.dtype == torch.float32 for k, t in ck.tensors.items() if "running" in k)  # format v1: float32 BN
+        data = build_data(cfg)
+        res = clean_accuracy(rbzoo.load(tmp_path / name / "best.safetensors"), data.test, indices=data.test_indices)
+        assert res.n_examples == 20
+        if name != "bf16":  # the trainer's own fp32 evaluation of the same network
+            assert res.clean_acc == result.best["test_clean_acc"]
+    assert digests["bf16"] != digests["fp32"]  # autocast really ran the training in bfloat16
+    cfg = tiny(cifar10_root, channels_last=True)
+    net = build_network(cfg, DistContext(0, 1, 0, torch.device("cpu")))
+    assert net.conv1.scores.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_sync_bn_on_cpu_is_a_one_line_error(cifar10_root, tmp_path, capsys):
+    """torch's SyncBatchNorm refuses CPU tensors once a process group exists (checked here, so this
+    test notices a torch that lifts the limit); rbzoo says so up front, before writing anything."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        with pytest.raises(ValueError, match="GPU"):
+            torch.nn.SyncBatchNorm(3).train()(torch.rand(2, 3, 4, 4))
+    finally:
+        dist.destroy_process_group()
+    out = tmp_path / "run"
+    code, _, err = _cli(["-c", "rn18-cifar10-pgd", "--arch", "tiny_resnet", "--set", "width=4", "--data-dir", str(cifar10_root),
+                         "--epochs", "1", "--test-subset", "10", "--set", "attack.steps=1", "--set", "eval_attack.steps=1",
+                         "-o", str(out), "--sync-bn"], capsys)
+    assert code != 0 and "sync_bn needs CUDA" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
 
 
 # --- the command line and bad input --------------------------------------------------------------

@@ -15,6 +15,11 @@ import rbzoo
 from rbzoo.cli import main
 
 
+# Share of the 2-process run's kept weights also kept by the 1-process run (measured: 0.472 with
+# torch 2.14 on CPU; two independent masks of the same per-layer keep would share ≈ 0.3).
+AGREEMENT = 0.42
+
+
 def _train_cmd(root, out, *extra):
     return [sys.executable, "-m", "rbzoo", "train", "-c", "rn18-cifar10-fast", "--arch", "tiny_resnet", "--set", "width=4",
             "--set", "cpu_threads=1", "--data-dir", str(root), "--keep", "0.3", "--batch-size", "20", "--set", "valid_ratio=0.2",
@@ -52,22 +57,40 @@ def test_killed_run_resumes_to_the_same_masks(cifar10_root, tmp_path):
     assert rows(killed) == rows(ref)
 
 
-def test_torchrun_two_processes_gloo(cifar10_root, tmp_path):
-    """DDP on CPU (gloo): the "fast" objective also shares its perturbation memory across ranks, and
-    the trainer checks after each epoch that scores and memory are identical on both ranks."""
-    out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "rbzoo", "train",
-           "-c", "rn18-cifar10-fast", "--arch", "tiny_resnet", "--set", "width=4", "--data-dir", str(cifar10_root),
-           "--keep", "0.3", "--pr-scale", "0.5", "--epochs", "1", "--batch-size", "32",
-           "--set", "eval_attack.steps=2", "--set", "valid_ratio=0.2", "-o", str(out)]
+def _masks(path):
+    return torch.cat([torch.as_tensor(layer.mask) for layer in rbzoo.read(path).layers])
+
+
+def test_torchrun_two_processes_match_one_process(cifar10_root, tmp_path, capsys):
+    """DDP on CPU (gloo) with the "fast" objective, 2 epochs, global batch 32, against the same
+    command in one process: the same global batches in the same order and the same number of steps
+    (recorded per epoch), identical masks on both ranks (the trainer checks scores and the attack
+    memory bit for bit after every epoch), and masks close to the 1-process run's."""
+    args = ["train", "-c", "rn18-cifar10-fast", "--arch", "tiny_resnet", "--set", "width=4", "--data-dir", str(cifar10_root),
+            "--keep", "0.3", "--pr-scale", "0.5", "--epochs", "2", "--batch-size", "32", "--test-subset", "20",
+            "--set", "eval_attack.steps=2", "--set", "valid_ratio=0.2", "--set", "cpu_threads=1"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "rbzoo",
+           *args, "-o", str(tmp_path / "ddp")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "×2" in res.stdout and res.stdout.count("epoch 1/1") == 1  # rank 0 alone prints
-    net = rbzoo.load(out / "best.safetensors")
+    assert "×2" in res.stdout and res.stdout.count("epoch 1/2") == 1  # rank 0 alone prints
+    assert main([*args, "-o", str(tmp_path / "one")]) == 0
+    capsys.readouterr()
+    rows = {k: [json.loads(x) for x in (tmp_path / k / "metrics.jsonl").read_text().splitlines()] for k in ("ddp", "one")}
+    for two, one in zip(rows["ddp"], rows["one"]):
+        assert two["train_steps"] == one["train_steps"] == 3  # 80 images, global batch 32
+        assert two["train_order_sha256"] == one["train_order_sha256"]
+        assert (two["val_n"], two["test_n"]) == (20, 20)  # evaluation sharded over ranks, then summed
+    assert rows["ddp"][0]["train_order_sha256"] != rows["ddp"][1]["train_order_sha256"]  # reshuffled per epoch
+    net = rbzoo.load(tmp_path / "ddp" / "last.safetensors")
     assert net(torch.rand(2, 3, 32, 32)).shape == (2, 10)
-    rec = json.loads((out / "metrics.jsonl").read_text())
-    assert rec["val_n"] == 20 and rec["test_n"] == 50  # evaluation sharded over ranks, then summed
+    # 1 vs 2 processes: per-rank BN batch statistics (16 vs 32 images) and per-rank attack crops
+    # differ, so the masks differ by more than rounding (see AGREEMENT).
+    a, b = _masks(tmp_path / "ddp" / "last.safetensors"), _masks(tmp_path / "one" / "last.safetensors")
+    agreement = (a & b).sum().item() / a.sum().item()
+    print(f"1- vs 2-process kept-weight agreement: {agreement:.4f}")
+    assert a.sum() == b.sum() and agreement >= AGREEMENT
 
 
 def test_quickstart_learns_digits(tmp_path, capsys, monkeypatch):

@@ -3,7 +3,8 @@
 The class list is Continuum's ImageNet100 as used by Douillard et al. (PODNet), whose file lists
 `train_100.txt` / `val_100.txt` hold lines `<split>/<wnid>/<file> <label>`. Its 100 WNIDs are the
 first 100 ILSVRC2012 synsets in sorted order (n01440764 … n01855672), 50 validation images each.
-rbzoo ships them in `imagenet100_classes.txt`, pinned by SHA-256 and verified on every use.
+rbzoo ships them in `imagenet100_classes.txt` (its header records this provenance), pinned by the
+SHA-256 of its WNID lines and verified on every use.
 Training labels come from `ImageFolder` (sorted WNIDs), so the label column is never needed.
 
 The result is `OUT/imagenet100/{train,val}/<wnid>/<file>`, what `rbzoo.data.get_dataset(
@@ -27,7 +28,9 @@ from .._io import atomic_path, write_json
 from ..errors import DataError
 
 CLASSES_FILE = Path(__file__).with_name("imagenet100_classes.txt")
-# SHA-256 of imagenet100_classes.txt (100 sorted WNIDs, one per line, trailing newline).
+# SHA-256 of the class list's WNID lines ("<wnid>\n" × 100, in file order); the file's `#` header,
+# which records where the list comes from, is not part of it. It equals the manifest's
+# classes_sha256 of a build with the shipped list.
 CLASSES_SHA256 = "b332dbd149be58bd06982a583959d80f93d796938a70c0db0146a9e4fc9d661f"
 VAL_PER_CLASS = 50  # every ILSVRC2012 class has exactly 50 validation images
 SPLITS = ("train", "val")
@@ -36,6 +39,11 @@ _WNID = re.compile(r"^n\d{8}$")
 _IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 VALPREP_HINT = ("put val/ in per-class folders first (val/<wnid>/ILSVRC2012_val_*.JPEG), e.g. with "
                 "https://raw.githubusercontent.com/soumith/imagenetloader.torch/master/valprep.sh")
+
+
+def wnids_sha256(wnids: list[str]) -> str:
+    """The digest the shipped list is pinned by: SHA-256 of "<wnid>\n" for each WNID, in order."""
+    return hashlib.sha256("".join(w + "\n" for w in wnids).encode()).hexdigest()
 
 
 def class_list(path: str | os.PathLike | None = None) -> list[str]:
@@ -49,10 +57,10 @@ def class_list(path: str | os.PathLike | None = None) -> list[str]:
         data = p.read_bytes()
     except OSError as e:
         raise DataError(f"cannot read class list {p}: {e.strerror or e}") from None
-    if path is None and hashlib.sha256(data).hexdigest() != CLASSES_SHA256:
-        raise DataError(f"{p} does not match its pinned SHA-256 {CLASSES_SHA256[:16]}…: the installed class list is corrupted")
     wnids = [ln.split("#", 1)[0].strip() for ln in data.decode("utf-8", "replace").splitlines()]
     wnids = [w for w in wnids if w]
+    if path is None and wnids_sha256(wnids) != CLASSES_SHA256:
+        raise DataError(f"{p} does not match its pinned SHA-256 {CLASSES_SHA256[:16]}…: the installed class list is corrupted")
     bad = [w for w in wnids if not _WNID.match(w)]
     if bad:
         raise DataError(f"{p}: not a WNID (nXXXXXXXX): {bad[0]!r}")
@@ -216,7 +224,7 @@ def build_imagenet100(
                                f"(e.g. {short[0]}: {result.counts['val'][short[0]]}); is the ImageNet copy complete?")
     write_json(dest / "manifest.json", {
         "rbzoo_imagenet100": 1,
-        "classes_sha256": hashlib.sha256("".join(w + "\n" for w in wnids).encode()).hexdigest(),
+        "classes_sha256": wnids_sha256(wnids),
         "shipped_class_list": classes is None,
         "source": str(root),
         "link": link,
