@@ -443,7 +443,7 @@ def push(checkpoint: str | Path, repo_id: str | None = None, *, results: str | P
         if out.exists() and not out.is_dir():
             raise ConfigError(f"--to {out}: exists and is not a folder")
         for fname in files:  # all refusals before the first write
-            check_output(out / fname, inputs=(ckpt, res_path), force=force, kind=f"--to {out}:")
+            check_output(out / fname, inputs=(ckpt, res_path), force=force, kind="--to")
         for fname in (CHECKPOINT_FILE, RESULTS_FILE, CARD_FILE):  # the card last: it marks a complete folder
             write_bytes(out / fname, files[fname])
         return PushResult(card, repo_id, folder=out, evaluated=evaluated)
