@@ -26,7 +26,10 @@ def atomic_path(path: str | os.PathLike):
     A failed write surfaces as an OSError naming `path` (ENOSPC when the disk is full), never the
     temporary name; `path` itself is untouched."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as e:  # a file where a folder must be
+        raise NotADirectoryError(errno.ENOTDIR, f"not a folder, cannot write {path.name} in it", e.filename) from None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:

@@ -350,7 +350,7 @@ def _write_folder(out: Path, files: dict[str, bytes], *, inputs: tuple, force: b
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--to {out}: exists and is not a folder")
     for fname in files:
-        check_output(out / fname, inputs=inputs, force=force, kind=f"--to {out}:")
+        check_output(out / fname, inputs=inputs, force=force, kind="--to")
     for fname in (CHECKPOINT_FILE, RESULTS_FILE, CARD_FILE):  # the card last: it marks a complete folder
         write_bytes(out / fname, files[fname])
 

@@ -80,6 +80,7 @@ EXIT_OS = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
+
 def _resume_text() -> str | None:
     hint = _RUN["resume"]
     return hint() if callable(hint) else hint
