@@ -4,7 +4,7 @@ A card is `cards/<name>.md` in the zoo and `README.md` in a Hub repo. The front 
 the Hub's conventions (`library_name`, `license`, `tags`, `datasets`, `model-index` with the clean
 and AutoAttack robust accuracy) and adds an `rbzoo` block: where the checkpoint lives, its SHA-256,
 how it was made, and the *exact* clean result (`expected`) that `rbzoo pull` reproduces. The
-schema is the one in `.notes/CONTRACTS.md`; :func:`validate_card` is its only implementation, and
+schema is the one in `docs/contracts.md`; :func:`validate_card` is its only implementation, and
 an invalid card is a :class:`HubError` naming the offending field.
 """
 
