@@ -4,7 +4,7 @@ A card is `cards/<name>.md` in the zoo and `README.md` in a Hub repo. The front 
 the Hub's conventions (`library_name`, `license`, `tags`, `datasets`, `model-index` with the clean
 and AutoAttack robust accuracy) and adds an `rbzoo` block: where the checkpoint lives, its SHA-256,
 how it was made, and the *exact* clean result (`expected`) that `rbzoo pull` reproduces. The
-schema is the one in `.notes/CONTRACTS.md`; :func:`validate_card` is its only implementation, and
+schema is the one in `docs/contracts.md`; :func:`validate_card` is its only implementation, and
 an invalid card is a :class:`HubError` naming the offending field.
 """
 
@@ -433,12 +433,23 @@ def _eps_text(eps: float) -> str:
     return f"{round(k)}/255" if abs(k - round(k)) < 1e-4 and round(k) > 0 else f"{eps:g}"
 
 
+def _pull_spec(rb: dict) -> tuple[str, str]:
+    """What a card's reader passes to `rbzoo pull`, and a note on it: the pinned Hub repo; else the
+    zoo name of an entry that ships with rbzoo (imported from its source); else the folder itself."""
+    if rb["repo_id"]:
+        return (f"{rb['repo_id']}@{rb['revision']}" if rb["revision"] else rb["repo_id"]), ""
+    if rb["source_url"]:
+        return rb["name"], ""
+    return "FOLDER", (" — FOLDER is the folder that holds this card and its checkpoint "
+                      "(written by `rbzoo push --to`)")
+
+
 def card_body(meta: dict) -> str:
     """The markdown body: what the model is, how to pull and evaluate it, its size, the citation."""
     rb = meta["rbzoo"]
     exp, claimed, arch = rb["expected"], rb["claimed"], rb["arch"]
     ds = DATASET_NAMES.get(rb["dataset"], rb["dataset"])
-    spec = f"{rb['repo_id']}@{rb['revision']}" if rb["revision"] else (rb["repo_id"] or rb["name"])
+    spec, where = _pull_spec(rb)
     rows = [("architecture", f"`{arch['id']}`, {arch['num_classes']} classes"
              + (", last-layer BatchNorm" if arch.get("end_with_bn") else "")),
             ("kept weights k, layer exponent p, score init a",
@@ -481,8 +492,10 @@ statistics — no float weights.
 
 ## Pull, verify and evaluate
 
+rbzoo is not on PyPI: install it from a checkout of its source repository{where}.
+
 ```bash
-pip install rbzoo
+pip install -e .                    # in the rbzoo checkout
 rbzoo pull {spec} --data-dir data   # download, check SHA-256, reproduce the clean accuracy exactly
 rbzoo eval {spec} --data-dir data   # AutoAttack robust accuracy
 ```

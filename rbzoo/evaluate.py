@@ -25,6 +25,7 @@ import torch
 from ._io import file_sha256, write_json
 from .checkpoint import build, checkpoint_dataset, read
 from .data import DEFAULT_EPS, get_dataset, get_spec
+from .constants import rbzoo_home
 from .distributed import resolve_device
 from .errors import ConfigError, DataError
 from .exact import check_profile, clean_accuracy, indices_digest, pack_flags, wilson_interval
@@ -62,13 +63,11 @@ def describe_device(device: torch.device) -> str:
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def default_state_dir(out: Path | None, fingerprint: dict) -> Path:
-    """Beside --out (`results.json` → `results.state/`), else in the user cache, keyed by fingerprint."""
-    if out is not None:
-        return out.with_name(out.stem + ".state")
+def default_state_dir(fingerprint: dict) -> Path:
+    """`$RBZOO_HOME/eval-state/<key of the fingerprint>`: the same evaluation finds its saved chunks
+    again whatever --out says (adding --out to an interrupted command resumes it)."""
     key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "rbzoo" / "eval-state" / key
+    return rbzoo_home() / "eval-state" / key
 
 
 @dataclass
@@ -141,7 +140,8 @@ def run_eval(config: EvalConfig, *, progress: Callable[[str, int, int], None] | 
     """Evaluate a checkpoint as `config` says and return the results (written atomically to
     `config.out` if given). Every input is checked before anything is written. Under torchrun the
     ranks share the attack chunks; rank 0 returns the merged results, the others None.
-    `progress(stage, done, total)` reports "clean" then the attack's progress. `remote` resolves
+    `progress(stage, done, total, info=None)` reports the clean pass ("clean", per batch, no info),
+    then each chunk's start and attacks (info: a `robust.ChunkProgress`); nothing is printed here. `remote` resolves
     names that are not local files (zoo names, Hub repo ids; see :func:`rbzoo.zoo.resolve_remote`).
     """
     t0 = time.perf_counter()
@@ -176,7 +176,7 @@ def run_eval(config: EvalConfig, *, progress: Callable[[str, int, int], None] | 
                 "predictions_sha256": clean.predictions_sha256, **attack.as_dict(),
                 "pyautoattack": package_versions()["pyautoattack"],
             }
-            state_dir = Path(config.state) if config.state is not None else default_state_dir(out, fingerprint)
+            state_dir = Path(config.state) if config.state is not None else default_state_dir(fingerprint)
             state = open_state(state_dir, fingerprint, shard, fresh=config.fresh)
             robust = robust_evaluation(model, dataset, indices, clean.correct_mask, attack, state, device=device,
                                        shard=shard, progress=report)

@@ -336,6 +336,22 @@ def _series(records: list[dict], key: str) -> dict:
     return {"epoch": [e for e, _ in pts], "value": [float(v) for _, v in pts]}
 
 
+def series_label(key: str, objective: str | None = None) -> str:
+    """What a metrics.jsonl series measured, in words: rbzoo's trainer scores its training batches
+    *after* the training attack, so `train_*` is adversarial (TRADES: its whole objective)."""
+    split, _, rest = key.partition("_")
+    split = {"val": "validation", "valid": "validation"}.get(split, split)
+    if split == "train" and rest in ("acc", "loss"):
+        if rest == "loss" and objective == "trades":
+            return "train, TRADES loss (clean CE + β·KL to adversarial)"
+        attack = {"pgd": "PGD", "fast": "fast single-step", "fgsm_rs": "FGSM-RS", "trades": "TRADES"}.get(objective or "")
+        return f"train, on adversarial batches ({attack} training attack)" if attack else "train, on adversarial batches"
+    kind = rest.rsplit("_", 1)[0]  # clean_acc -> clean, robust_acc -> robust
+    if kind == "robust":
+        return f"{split}, robust (PGD)"
+    return f"{split}, {kind}" if kind not in ("acc", "loss") else split
+
+
 def curves_data(run: str | os.PathLike) -> dict:
     """Loss, accuracy and learning-rate series; missing or null values are left out per series.
 
@@ -356,8 +372,10 @@ def curves_data(run: str | os.PathLike) -> dict:
     lr = _series(records, "lr")
     if not acc and not loss and not lr["epoch"]:
         raise DataError(f"{metrics_path(run)}: no loss, accuracy or lr values to plot")
-    return {"kind": "curves", "source": str(metrics_path(run)), "epochs": len(records),
-            "accuracy_input_scale": scale, "accuracy_percent": acc, "loss": loss, "lr": lr}
+    objective = next((r["objective"] for r in reversed(records) if isinstance(r.get("objective"), str)), None)
+    labels = {k: series_label(k, objective) for k in list(loss) + list(acc)}
+    return {"kind": "curves", "source": str(metrics_path(run)), "epochs": len(records), "objective": objective,
+            "accuracy_input_scale": scale, "accuracy_percent": acc, "loss": loss, "lr": lr, "labels": labels}
 
 
 # --------------------------------------------------------------------------------------------
@@ -393,6 +411,21 @@ def eps_label(eps: float | None) -> str:
     return f"{round(k)}/255" if abs(k - round(k)) < 1e-4 and round(k) > 0 else f"{eps:g}"
 
 
+def attack_label(attack: dict) -> str:
+    """How a results file's `attack` reads on a figure: "PGD-20", "AutoAttack standard",
+    "AutoAttack custom (apgd-ce, apgd-t)"."""
+    version = attack.get("version")
+    if version == "pgd":
+        steps = attack.get("steps")
+        return f"PGD-{steps}" if isinstance(steps, int) else "PGD"
+    if version is None:
+        return "attack"
+    label = f"AutoAttack {version}"
+    if version == "custom" and attack.get("attacks"):
+        label += f" ({', '.join(map(str, attack['attacks']))})"
+    return label
+
+
 def attack_data(results: str | os.PathLike | dict) -> dict:
     """Accuracy (percent) before the attack and after each cumulative attack stage."""
     src = str(results) if not isinstance(results, dict) else "<dict>"
@@ -412,13 +445,15 @@ def attack_data(results: str | os.PathLike | dict) -> dict:
             raise DataError(f"{src}: robust_acc_after[{name!r}] is not a number")
     attack = r.get("attack") or {}
     wilson = r.get("wilson95") or {}
+    label = attack_label(attack)
     return {
         "kind": "attack", "source": src,
         "arch": (r.get("model") or {}).get("arch"), "model_path": (r.get("model") or {}).get("path"),
         "dataset": r.get("dataset"), "split": r.get("split"), "n_examples": r.get("n_examples"),
         "norm": attack.get("norm"), "eps": attack.get("eps"), "eps_label": eps_label(attack.get("eps")),
         "version": attack.get("version"), "attacks": attack.get("attacks"), "seed": attack.get("seed"),
-        "stages": ["clean"] + [str(n) for n, _ in stages],
+        "attack_label": label,
+        "stages": ["clean"] + [label if str(n) == "pgd" else str(n) for n, _ in stages],
         "acc_percent": [100.0 * float(r["clean_acc"])] + [100.0 * float(v) for _, v in stages],
         "wilson95_percent": {k: [100.0 * x for x in v] for k, v in wilson.items() if isinstance(v, list) and len(v) == 2},
     }

@@ -8,6 +8,7 @@ nothing global (backend, open-figure list) is touched. Colours are the Okabe–I
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -71,6 +72,23 @@ def _bytes_label(x: float, _pos=None) -> str:
         if x >= div:
             return f"{x / div:g} {unit}"
     return f"{x:g} B"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _bytes_axis(ax) -> None:
+    """A log axis of byte sizes whose every label reads "20 kB": matplotlib would label the minor
+    ticks of a narrow range as "2×10⁴" next to the major "10 kB". Minor ticks get labels only when
+    the axis spans less than about a decade (as matplotlib itself does), else they crowd."""
+    ax.xaxis.set_major_formatter(FuncFormatter(_bytes_label))
+
+    def minor(x: float, pos=None) -> str:
+        lo, hi = sorted(ax.get_xlim())
+        return _bytes_label(x) if lo > 0 and math.log10(hi / lo) < 1.2 else ""
+
+    ax.xaxis.set_minor_formatter(FuncFormatter(minor))
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,21 +216,22 @@ _SPLIT_COLOUR = {"train": OKABE_ITO["orange"], "val": OKABE_ITO["blue"], "valid"
                  "test": OKABE_ITO["vermillion"]}
 
 
-def _series_style(key: str, n_points: int) -> dict:
+def _series_style(key: str, n_points: int, label: str) -> dict:
     split = key.split("_", 1)[0]
-    return {"color": _SPLIT_COLOUR.get(split, OKABE_ITO["purple"]), "linestyle": "--" if "robust" in key else "-",
-            "marker": ("s" if "robust" in key else "o") if n_points <= 40 else None, "markersize": 3.5,
-            "linewidth": 1.5, "label": key.rsplit("_", 1)[0].replace("_", " ")}
+    adversarial = "robust" in key or split == "train"  # training batches are attacked ones
+    return {"color": _SPLIT_COLOUR.get(split, OKABE_ITO["purple"]), "linestyle": "--" if adversarial else "-",
+            "marker": ("s" if adversarial else "o") if n_points <= 40 else None, "markersize": 3.5,
+            "linewidth": 1.5, "label": label}
 
 
 def draw_curves(data: dict) -> Figure:
     with matplotlib.rc_context(STYLE):
         fig = _figure(15.0, 4.2)
         ax_loss, ax_acc, ax_lr = fig.subplots(1, 3)
-        for key, s in data["loss"].items():
-            ax_loss.plot(s["epoch"], s["value"], **_series_style(key, len(s["epoch"])))
-        for key, s in data["accuracy_percent"].items():
-            ax_acc.plot(s["epoch"], s["value"], **_series_style(key, len(s["epoch"])))
+        labels = data.get("labels") or {}
+        for ax, series in ((ax_loss, data["loss"]), (ax_acc, data["accuracy_percent"])):
+            for key, s in series.items():
+                ax.plot(s["epoch"], s["value"], **_series_style(key, len(s["epoch"]), labels.get(key, key)))
         lr = data["lr"]
         if lr["epoch"]:
             ax_lr.plot(lr["epoch"], lr["value"], color=OKABE_ITO["green"], linewidth=1.5,
@@ -221,7 +240,7 @@ def draw_curves(data: dict) -> Figure:
             if pos and len(pos) == len(lr["value"]) and max(pos) / min(pos) > 100:
                 ax_lr.set_yscale("log")
         for ax, title, ylabel, empty in ((ax_loss, "loss", "cross-entropy loss", not data["loss"]),
-                                         (ax_acc, "accuracy (clean —, robust --)", "accuracy (%)", not data["accuracy_percent"]),
+                                         (ax_acc, "accuracy (clean —, adversarial --)", "accuracy (%)", not data["accuracy_percent"]),
                                          (ax_lr, "learning rate", "learning rate", not lr["epoch"])):
             ax.set_title(title)
             ax.set_xlabel("epoch")
@@ -261,9 +280,7 @@ def draw_attack(data: dict) -> Figure:
         ax.set_ylabel("accuracy (%)")
         ax.set_xlabel("after attack stage (cumulative; clean = no attack)")
         n = f", n = {data['n_examples']:,}" if isinstance(data.get("n_examples"), int) else ""
-        version = {None: "attack", "pgd": "PGD"}.get(data.get("version"), f"AutoAttack {data.get('version')}")
-        if data.get("version") == "custom" and data.get("attacks"):
-            version += f" ({', '.join(data['attacks'])})"
+        version = data.get("attack_label") or "attack"
         ax.set_title(f"{data.get('arch') or 'model'} on {data.get('dataset') or '?'} {data.get('split') or ''}{n}\n"
                      f"{version}, {data.get('norm') or 'Linf'} ε = {data['eps_label']}"
                      + ("; bars: Wilson 95 %" if wilson else ""))
@@ -302,14 +319,38 @@ def draw_zoo(data: dict) -> Figure:
             ax.step(xs + [xs[-1] * 1.5], ys + [ys[-1]], where="post", color=colour[d], linewidth=3, alpha=0.35, zorder=1.5,
                     solid_capstyle="butt", label=f"Pareto front ({d})")
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(FuncFormatter(_bytes_label))
+        _bytes_axis(ax)
         ax.set_xlabel("checkpoint size (bytes, log scale)")
         ax.set_ylabel("robust accuracy (%)")
         ax.set_ylim(0, min(100.0, max(p["robust_acc"] for p in pts) * 1.12 + 2))
         ax.legend(loc="best")
-        ax.set_title(f"rbzoo: robust accuracy vs size ({len(pts)} models)"
+        ax.set_title(f"rbzoo: robust accuracy vs size ({_count(len(pts), 'model')})"
                      + (f"; {len(data['skipped'])} input(s) without size or robust accuracy left out" if data["skipped"] else ""))
     return fig
+
+
+def _overlap_counts(ax, x: np.ndarray, rows: list[dict], a: str, b: str) -> None:
+    """Per layer: weights kept by both masks and weights kept by one only. Two checkpoints of one
+    training setting keep the same counts, so their kept counts say nothing; what moved does."""
+    both = [r["intersection"] for r in rows]
+    only_a = [r["kept_a"] - r["intersection"] for r in rows]
+    only_b = [r["kept_b"] - r["intersection"] for r in rows]
+    same = all(r["kept_a"] == r["kept_b"] for r in rows)
+    series = [("kept in both", both, OKABE_ITO["blue"])]
+    if same:  # each weight A dropped, B kept elsewhere: one count
+        series.append(("kept by one only (equal counts, so |A∖B| = |B∖A|)", only_a, OKABE_ITO["orange"]))
+    else:
+        series += [(f"only in A: {a}", only_a, OKABE_ITO["orange"]), (f"only in B: {b}", only_b, OKABE_ITO["sky"])]
+    w = 0.8 / len(series)
+    for i, (label, values, colour) in enumerate(series):
+        ax.bar(x + (i - (len(series) - 1) / 2) * w, values, w, color=colour, label=label, zorder=2)
+    ax.set_yscale("log")
+    top = max([v for _, values, _ in series for v in values] + [1])
+    ax.set_ylim(0.8, top * 8)  # headroom for the legend
+    ax.set_ylabel("weights (count, log scale)")
+    ax.set_title("where the masks agree and differ" + (f"; A and B each keep {sum(r['kept_a'] for r in rows):,} weights"
+                                                      if same else ""), fontsize=9)
+    ax.legend(loc="upper center", ncols=len(series))
 
 
 def draw_compare(data: dict) -> Figure:
@@ -321,15 +362,7 @@ def draw_compare(data: dict) -> Figure:
     with matplotlib.rc_context(STYLE):
         fig = _figure(max(7.0, 0.32 * len(rows) + 3.0), 6.5)
         top, bottom = fig.subplots(2, 1, sharex=True)
-        w = 0.4
-        top.bar(x - w / 2, [r["kept_a"] for r in rows], w, color=OKABE_ITO["blue"], label=f"A: {a}", zorder=2)
-        top.bar(x + w / 2, [r["kept_b"] for r in rows], w, color=OKABE_ITO["orange"], label=f"B: {b}", zorder=2)
-        top.bar(x, [r["intersection"] for r in rows], 2 * w, facecolor="none", edgecolor=OKABE_ITO["black"], linewidth=0.8,
-                label="kept in both", zorder=3)
-        top.set_yscale("log")
-        top.set_ylim(top=max(max(r["kept_a"], r["kept_b"]) for r in rows) * 6)  # headroom for the legend
-        top.set_ylabel("kept weights (count, log scale)")
-        top.legend(loc="upper center", ncols=3)
+        _overlap_counts(top, x, rows, a, b)
         bottom.bar(x, [r["jaccard"] for r in rows], 0.6, color=OKABE_ITO["green"], label="Jaccard |A∩B| / |A∪B|", zorder=2)
         bottom.scatter(x, [r["random_jaccard"] for r in rows], marker="_", s=160, linewidths=2, color=OKABE_ITO["vermillion"],
                        label="expected for independent random masks", zorder=3)

@@ -472,6 +472,19 @@ def run_chunk(model: nn.Module, dataset: Dataset, chunk_indices: np.ndarray, rec
     return rec
 
 
+@dataclass(frozen=True)
+class ChunkProgress:
+    """What `robust_evaluation` tells its progress callback about a chunk (besides stage, done, total)."""
+
+    chunk: int  # 0-based
+    n_chunks: int
+    size: int  # points in the chunk
+    attack: str | None  # None: the chunk starts; else the attack that just finished on it
+    done: tuple[str, ...]  # attacks finished on the chunk so far (earlier sessions included)
+    robust: int  # the chunk's points still correct (before any attack: the clean-correct ones)
+    wall_s: float  # the chunk's attack time so far, earlier sessions included
+
+
 @dataclass
 class RobustResult:
     flags: np.ndarray  # bool per evaluated point: still correct after every attack
@@ -487,8 +500,9 @@ def robust_evaluation(model: nn.Module, dataset: Dataset, indices: Sequence[int]
                       shard: Shard = Shard(), progress: Callable[[str, int, int], None] | None = None) -> RobustResult | None:
     """Attack the clean-correct points chunk by chunk, resuming from `state`.
 
-    Returns the merged result on rank 0 and None on the other ranks. `progress(description, done,
-    total)` is called as work finishes, in units of point-attacks of this rank's chunks.
+    Returns the merged result on rank 0 and None on the other ranks. `progress(stage, done, total,
+    info)` is called when a chunk starts and after each attack on it: `done`/`total` count
+    point-attacks of this rank's chunks, `info` is a :class:`ChunkProgress`. Nothing is printed here.
     """
     device = torch.device(device)
     indices = np.asarray(indices, dtype=np.int64)
@@ -508,14 +522,19 @@ def robust_evaluation(model: nn.Module, dataset: Dataset, indices: Sequence[int]
                 list(rec.done) != list(spec.attacks[: len(rec.done)]) or (rec.robust & ~clean_correct[start:stop]).any():
             raise EvalStateError(f"{state.chunk_path(i)} does not fit this evaluation; delete {state.folder} or pass --fresh")
         done += len(rec.done) * (stop - start)
-        if progress is not None:
-            progress(f"chunk {i + 1}/{n_chunks}", done, total)
+
+        def report(r: ChunkRecord, attack: str | None) -> None:
+            if progress is not None:
+                info = ChunkProgress(r.index, n_chunks, r.stop - r.start, attack, tuple(r.done), int(r.robust.sum()),
+                                     r.wall_s)
+                progress(f"chunk {r.index + 1}/{n_chunks}" + (f" {attack}" if attack else ""), done, total, info)
 
         def step(r: ChunkRecord, attack: str, _n=stop - start) -> None:
             nonlocal done
             done += _n
-            if progress is not None:
-                progress(f"chunk {r.index + 1}/{n_chunks} {attack}", done, total)
+            report(r, attack)
+
+        report(rec, None)
 
         rec = run_chunk(model, dataset, indices[start:stop], rec, spec, device, state.save_chunk, step)
         records[i] = rec.to_json()

@@ -16,6 +16,16 @@ import rbzoo  # noqa: E402
 import rbzoo.data  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def rbzoo_home(tmp_path_factory):
+    """rbzoo's cache (pull registry, eval states keyed by the evaluation) in a per-session folder:
+    a test never reads or writes the user's, nor resumes an evaluation of an earlier session."""
+    with pytest.MonkeyPatch.context() as mp:
+        home = tmp_path_factory.mktemp("rbzoo_home")
+        mp.setenv("RBZOO_HOME", str(home))
+        yield home
+
+
 @pytest.fixture(scope="session")
 def cifar10_root(tmp_path_factory) -> Path:
     """A data dir holding `cifar-10-batches-py/` (100 train, 50 test images)."""

@@ -88,7 +88,9 @@ def reference(trained_checkpoint, cifar10_root, tmp_path_factory) -> dict:
 
     def make():
         out = tmp_path_factory.mktemp("reference") / "ref.json"
-        assert main(["eval", str(trained_checkpoint), "--data-dir", str(cifar10_root), *AA_ARGS, "--out", str(out)]) == 0
+        state = out.with_name("ref.state")  # its own state: later runs of the same evaluation must not resume it
+        assert main(["eval", str(trained_checkpoint), "--data-dir", str(cifar10_root), *AA_ARGS, "--out", str(out),
+                     "--state", str(state)]) == 0
         return {"out": out, "results": json.loads(out.read_text())}
 
     return _memo(("reference", tmp_path_factory.getbasetemp()), make)
@@ -258,12 +260,14 @@ def test_autoattack_equals_pyautoattack_called_directly(reference, trained_check
 
 def test_standard_version_and_pgd_complete(trained_checkpoint, cifar10_root, tmp_path):
     common = dict(model=str(trained_checkpoint), data_dir=str(cifar10_root), device="cpu", n_examples=8, chunk_size=8)
-    r = run_eval(EvalConfig(**common, eps="1/255", n_iter=3, n_queries=20, out=tmp_path / "std.json"))
+    r = run_eval(EvalConfig(**common, eps="1/255", n_iter=3, n_queries=20, out=tmp_path / "std.json",
+                            state=tmp_path / "std.state"))
     assert list(r["robust_acc_after"]) == ["apgd-ce", "apgd-t", "fab-t", "square"]
     accs = [r["clean_acc"], *r["robust_acc_after"].values()]
     assert accs == sorted(accs, reverse=True) and accs[-1] == r["robust_acc"]
     assert isinstance(r["warnings"], list) and (tmp_path / "std.state" / "chunk-000000.json").exists()
-    pgd_runs = [run_eval(EvalConfig(**common, pgd_steps=5, seed=1, out=tmp_path / f"pgd{i}.json")) for i in range(2)]
+    pgd_runs = [run_eval(EvalConfig(**common, pgd_steps=5, seed=1, out=tmp_path / f"pgd{i}.json",
+                                    state=tmp_path / f"pgd{i}.state")) for i in range(2)]  # two runs, not a resume
     a = pgd_runs[0]
     assert a["attack"]["version"] == "pgd" and a["attack"]["alpha"] == pytest.approx(8 / 255 / 4)
     assert a["robust_correct"] <= a["clean_correct"] and list(a["robust_acc_after"]) == ["pgd"]

@@ -34,7 +34,8 @@ def _env() -> dict:
 def test_sigkill_mid_run_then_resume_gives_the_same_flags(reference, trained_checkpoint, cifar10_root, tmp_path):
     out = tmp_path / "killed.json"
     state = tmp_path / "killed.state"
-    cmd = [sys.executable, "-m", "rbzoo", "eval", str(trained_checkpoint), "--data-dir", str(cifar10_root), *AA_ARGS, "--out", str(out)]
+    cmd = [sys.executable, "-m", "rbzoo", "eval", str(trained_checkpoint), "--data-dir", str(cifar10_root), *AA_ARGS,
+           "--out", str(out), "--state", str(state)]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
@@ -51,7 +52,8 @@ def test_sigkill_mid_run_then_resume_gives_the_same_flags(reference, trained_che
     finished = sum(r["done"] == ["apgd-ce", "apgd-t"] for r in records)
     assert finished < N_POINTS // 4, "the run finished before it was killed: nothing was resumed"
 
-    assert main(["eval", str(trained_checkpoint), "--data-dir", str(cifar10_root), *AA_ARGS, "--out", str(out)]) == 0
+    assert main(["eval", str(trained_checkpoint), "--data-dir", str(cifar10_root), *AA_ARGS, "--out", str(out),
+                 "--state", str(state)]) == 0
     resumed, ref = json.loads(out.read_text()), reference["results"]
     assert np.array_equal(unpack_flags(resumed["robust_flags"], N_POINTS), unpack_flags(ref["robust_flags"], N_POINTS))
     assert {k: resumed[k] for k in SAME} == {k: ref[k] for k in SAME}
@@ -60,7 +62,8 @@ def test_sigkill_mid_run_then_resume_gives_the_same_flags(reference, trained_che
 def test_two_process_torchrun_equals_single_process(reference, trained_checkpoint, cifar10_root, tmp_path):
     out = tmp_path / "sharded.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--monitor-interval", "0.2",
-           "-m", "rbzoo", "eval", str(trained_checkpoint), "--data-dir", str(cifar10_root), *AA_ARGS, "--out", str(out)]
+           "-m", "rbzoo", "eval", str(trained_checkpoint), "--data-dir", str(cifar10_root), *AA_ARGS, "--out", str(out),
+           "--state", str(tmp_path / "sharded.state")]
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     sharded, ref = json.loads(out.read_text()), reference["results"]

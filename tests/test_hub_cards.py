@@ -175,3 +175,19 @@ def test_zoo_cards_in_the_repository_are_valid():
         card = load_card(path)
         assert card.name == path.stem, path
         assert card.render() == render_card(card.meta, card.body)
+
+
+def test_card_tells_its_reader_commands_that_work():
+    """Not `pip install rbzoo` (not on PyPI) nor a bare name only the pushing machine knows."""
+    cases = [(paper_block(), "rbzoo/rn34-cifar10-pgd@" + "a" * 40),  # a pinned Hub repo
+             (paper_block(revision=None), "rbzoo/rn34-cifar10-pgd"),
+             (paper_block(repo_id=None, revision=None), "rn34-cifar10-pgd"),  # an imported entry shipped with rbzoo
+             (paper_block(name="best", repo_id=None, revision=None, source_url=None, source_sha256=None), "FOLDER")]
+    for rb, spec in cases:
+        body = build_card(rb).body
+        assert "pip install rbzoo" not in body and "pip install -e ." in body and "not on PyPI" in body
+        assert f"rbzoo pull {spec} --data-dir data" in body and f'pull("{spec}"' in body, spec
+    assert "written by `rbzoo push --to`" in body and "rbzoo pull best" not in body
+    for path in sorted(REPO_CARDS.glob("*.md")):  # the shipped cards say the same
+        text = path.read_text("utf-8")
+        assert "pip install rbzoo" not in text and "pip install -e ." in text, path.name

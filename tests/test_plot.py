@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import math
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -482,3 +483,73 @@ def test_failed_render_keeps_previous_file(run, tmp_path, monkeypatch):
         P.plot_attack(run["root"] / "results.json", out)
     assert out.read_bytes() == b"previous"
     _no_leftovers(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------
+# Figures say what they show
+
+
+def _legend_texts(ax) -> list[str]:
+    legend = ax.get_legend()
+    return [t.get_text() for t in legend.get_texts()] if legend else []
+
+
+def test_curves_say_clean_or_adversarial(run, tmp_path):
+    d = F.curves_data(run["root"])
+    assert d["labels"]["train_loss"] == "train, on adversarial batches"  # rbzoo trains on attacked batches only
+    assert d["labels"]["val_clean_acc"] == "validation, clean" and d["labels"]["val_robust_acc"] == "validation, robust (PGD)"
+    f = tmp_path / "metrics.jsonl"
+    f.write_text('{"epoch": 0, "objective": "pgd", "train_acc": 0.5, "train_loss": 1.0, "test_clean_acc": 0.6}\n'
+                 '{"epoch": 1, "objective": "trades", "train_acc": 0.6, "train_loss": 0.9}\n')
+    d = F.curves_data(f)
+    assert d["objective"] == "trades" and d["labels"]["train_acc"] == "train, on adversarial batches (TRADES training attack)"
+    assert d["labels"]["train_loss"].startswith("train, TRADES loss")
+    fig = P.draw_curves(d)
+    ax_loss, ax_acc, _ = fig.axes
+    legend = _legend_texts(ax_loss) + _legend_texts(ax_acc)
+    assert set(legend) == {d["labels"]["train_loss"], d["labels"]["train_acc"], "test, clean"}
+    assert "train" not in legend and "adversarial" in ax_acc.get_title()
+
+
+def test_compare_top_panel_shows_what_the_masks_share(run):
+    d = F.compare_data(run["initial"], run["ckpt"])
+    rows = d["layers"]
+    assert all(r["kept_a"] == r["kept_b"] for r in rows)  # one training setting: equal counts per layer
+    fig = P.draw_compare(d)
+    top = fig.axes[0]
+    heights = [[p.get_height() for p in c] for c in top.containers]
+    both, one_only = [r["intersection"] for r in rows], [r["kept_a"] - r["intersection"] for r in rows]
+    assert heights == [both, one_only]  # no longer two identical "kept" bars side by side
+    assert any(v > 0 for v in one_only) and any(v > 0 for v in both)  # the fixture moved some weights
+    assert _legend_texts(top)[0] == "kept in both" and "|A∖B| = |B∖A|" in _legend_texts(top)[1]
+    # Different kept counts (another keep): A-only and B-only are shown apart.
+    other = {**d, "layers": [{**r, "kept_b": r["kept_b"] + 1} for r in rows]}
+    assert len(P.draw_compare(other).axes[0].containers) == 3
+
+
+def test_zoo_counts_models_and_labels_sizes_one_way(run):
+    one = F.zoo_data([run["root"] / "c10.md"])
+    fig = P.draw_zoo(one)
+    ax = fig.axes[0]
+    assert "(1 model)" in ax.get_title()
+    assert "(2 models)" in P.draw_zoo(F.zoo_data([run["root"] / "c10.md", run["root"] / "c100.md"])).axes[0].get_title()
+    fig.canvas.draw()  # a narrow range (270 kB to 85 MB is wide; zoom in to one decade as well)
+    for lim in (None, (15_000, 90_000)):
+        if lim:
+            ax.set_xlim(*lim)
+            fig.canvas.draw()
+        ticks = [t.get_text() for t in ax.xaxis.get_ticklabels(which="both") if t.get_visible() and t.get_text()]
+        assert ticks and all(re.fullmatch(r"\d+(\.\d+)? (B|kB|MB|GB)", t) for t in ticks), ticks
+    assert "20 kB" in ticks  # the minor ticks of a narrow range are labelled, in the same style
+
+
+def test_attack_names_pgd_with_its_steps(run, tmp_path):
+    r = _results("x", "y", robust_after={"pgd": 0.25})
+    r["attack"] = {"norm": "Linf", "eps": EPS, "version": "pgd", "attacks": ["pgd"], "seed": 0, "chunk_size": 16,
+                   "steps": 20, "alpha": EPS / 4, "select": "best", "random_start": True}
+    d = F.attack_data(r)
+    assert d["attack_label"] == "PGD-20" and d["stages"] == ["clean", "PGD-20"]
+    assert "PGD-20, Linf" in P.draw_attack(d).axes[0].get_title()
+    assert F.attack_data(run["root"] / "results.json")["attack_label"] == "AutoAttack standard"
+    custom = {**r, "attack": {**r["attack"], "version": "custom", "attacks": ["apgd-ce"]}, "robust_acc_after": {"apgd-ce": 0.25}}
+    assert F.attack_data(custom)["attack_label"] == "AutoAttack custom (apgd-ce)"

@@ -1,4 +1,4 @@
-"""`rbzoo convert`: import an official checkpoint of the paper (method.md §5.8)."""
+"""`rbzoo convert`: import an official checkpoint of the paper (docs/method.md §5.8, docs/zoo.md)."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ def imagenet100(
     classes: Annotated[Optional[Path], typer.Option("--classes", help="A custom class list (one WNID per line) instead of the shipped one.")] = None,
     workers: Annotated[int, typer.Option("--workers", help="Parallel file operations.")] = 8,
 ) -> None:
-    """Build ImageNet100 (method.md §8: Continuum's class list, pinned) by copying or linking the
+    """Build ImageNet100 (docs/method.md §8: Continuum's class list, pinned) by copying or linking the
     files of its 100 classes. Resumable: rerun the same command after an interruption."""
     from ..data import imagenet100 as inet  # here, not at the top: --help stays torch-free
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -13,20 +14,45 @@ from . import app, console, resume_hint, same_command
 
 
 class _Display:
-    """Rich progress bars with ETA, one per stage; silent when stdout is not a terminal."""
+    """Progress of `run_eval`: rich bars with ETA on a terminal; otherwise (piped, logged) one plain
+    line per chunk and per attack, so a long AutoAttack run shows it is alive."""
 
     def __init__(self) -> None:
+        self.plain = not console.is_terminal
         self.progress = Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                                 console=console, disable=not console.is_terminal, transient=False)
+                                 console=console, disable=self.plain, transient=False)
         self.tasks: dict[str, int] = {}
+        self.t0 = time.perf_counter()
+        self.resumed = 0  # point-attacks saved by an earlier session: not part of this session's rate
 
-    def __call__(self, stage: str, done: int, total: int) -> None:
+    def __call__(self, stage: str, done: int, total: int, info=None) -> None:
+        if self.plain:
+            self._line(stage, done, total, info)
+            return
         key = "clean" if stage == "clean" else "attack"
         label = "clean accuracy" if key == "clean" else f"attack: {stage}"
         if key not in self.tasks:
             self.tasks[key] = self.progress.add_task(label, total=total)
         self.progress.update(self.tasks[key], completed=done, total=total, description=label)
+
+    def _line(self, stage: str, done: int, total: int, info) -> None:
+        elapsed = time.perf_counter() - self.t0
+        if info is None:  # the clean pass reports every batch: one line when it is over
+            if done == total:
+                console.print(f"{stage}: {done}/{total} examples ({elapsed:.1f} s)", highlight=False, markup=False)
+            return
+        where = f"chunk {info.chunk + 1}/{info.n_chunks}"
+        if info.attack is None:
+            self.resumed += len(info.done) * info.size
+            saved = f", resumed after {', '.join(info.done)}" if info.done else ""
+            what = "still robust" if info.done else "clean-correct to attack"
+            console.print(f"{where}: {info.size} points, {info.robust} {what}{saved}", highlight=False, markup=False)
+            return
+        rate = (done - self.resumed) / max(elapsed, 1e-9)
+        eta = f", ETA {(total - done) / rate:.0f} s" if rate > 0 and done < total else ""
+        console.print(f"{where} {info.attack}: {info.robust}/{info.size} still robust ({info.wall_s:.1f} s); "
+                      f"{done}/{total} point-attacks done{eta}", highlight=False, markup=False)
 
 
 def _pct(x: float | None) -> str:
@@ -88,7 +114,8 @@ def eval_cmd(
     n_restarts: Annotated[Optional[int], typer.Option("--n-restarts", help="Override APGD/FAB/Square restarts.")] = None,
     n_queries: Annotated[Optional[int], typer.Option("--n-queries", help="Override Square queries.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Write the results JSON here (atomically).")] = None,
-    state: Annotated[Optional[Path], typer.Option(help="Resume-state folder (default: beside --out, e.g. results.state/).")] = None,
+    state: Annotated[Optional[Path], typer.Option(help="Resume-state folder (default: $RBZOO_HOME/eval-state/<key of the "
+                                                        "evaluation>: the same command resumes, with or without --out).")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Discard any saved state and start over.")] = False,
     numerics: Annotated[str, typer.Option("--numerics", help="Clean-pass numerics: verify (float32, TF32 off; the "
                                           "reference), fast (TF32) or bf16; recorded with the certificate.")] = "verify",

@@ -58,7 +58,7 @@ def train(
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved config and exit.")] = False,
     list_: Annotated[bool, typer.Option("--list-configs", help="List the shipped configs and exit.")] = False,
 ) -> None:
-    """Train a robust binary subnetwork: adversarial training of the pruning scores (method §5).
+    """Train a robust binary subnetwork: adversarial training of the pruning scores (docs/method.md §5).
 
     Examples: `rbzoo train --config quickstart --out runs/qs`;
     `rbzoo train -c rn34-cifar10-pgd -o runs/rn34 --data-dir data --keep 0.05`;
