@@ -33,7 +33,7 @@ import torch.nn as nn
 
 import rbzoo
 from _common import dense_twin
-from rbzoo.evaluate import pinned_numerics
+from rbzoo.exact import pinned_numerics
 
 
 def _sync(device: torch.device) -> None:

@@ -24,6 +24,7 @@ from . import __version__
 from ._io import write_bytes
 from .codec import decode_mask, encode_mask, entropy_bound_bits
 from .errors import CheckpointError, CodecError
+from .exact import pack_bits
 from .layers import SubnetConv2d
 from .models._registry import create_model_from_arch, fold, prunable_layers
 from .signs import SIGNS_V1, sign_bits
@@ -33,16 +34,12 @@ EXPLICIT = "explicit"
 REQUIRED_KEYS = ("rbzoo.format", "rbzoo.arch", "rbzoo.signs", "rbzoo.layers", "rbzoo.weights_sha256")
 
 
-def _pack(bits: np.ndarray) -> bytes:
-    return np.packbits(bits.astype(np.uint8, copy=False), bitorder="little").tobytes()
-
-
 def weights_digest(layers: list[tuple[np.ndarray, np.ndarray]]) -> str:
     """format.md §5: SHA-256 over packbits(mask) || packbits(signs of kept weights), per layer."""
     h = hashlib.sha256()
     for mask, kept_signs in layers:
-        h.update(_pack(mask))
-        h.update(_pack(kept_signs))
+        h.update(pack_bits(mask))
+        h.update(pack_bits(kept_signs))
     return h.hexdigest()
 
 
@@ -100,7 +97,7 @@ def save(model: nn.Module, path: str | os.PathLike, metadata: dict | None = None
             if not np.array_equal(regen, kept_signs):
                 raise CheckpointError(f"{key}: weights do not match rbzoo-signs-v1 for seed {model.seed}; save with signs='explicit'")
         else:
-            tensors[f"{key}.signs"] = torch.from_numpy(np.frombuffer(_pack(kept_signs), dtype=np.uint8).copy())
+            tensors[f"{key}.signs"] = torch.from_numpy(np.frombuffer(pack_bits(kept_signs), dtype=np.uint8).copy())
         tensors[f"{key}.mask"] = torch.from_numpy(np.frombuffer(encode_mask(mask), dtype=np.uint8).copy())
         layer_meta.append({"name": key, "shape": list(module.weight.shape), "kept": int(mask.sum())})
         digest_parts.append((mask, kept_signs))

@@ -30,6 +30,7 @@ from .checkpoint import load as load_checkpoint
 from .checkpoint import save as save_checkpoint
 from .data import dataset_metadata, get_spec
 from .errors import CheckpointError, ConfigError, HubError, RbzooError, VerificationError
+from .exact import clean_accuracy
 from .layers import kept_count
 from .models import create_model
 from .models._registry import fold
@@ -535,7 +536,6 @@ def _converted_from(out: Path, sha: str) -> bool:
 def verify_clean(path: str | Path, card: dict, data_dir: str | Path, *, device: str = "cpu") -> int:
     """Clean accuracy of `path` on the card's full test split must equal `expected.clean_correct`."""
     from .data import get_dataset
-    from .evaluate import clean_accuracy
 
     rb = _card_rbzoo(card)
     exp = rb["expected"]

@@ -1,10 +1,7 @@
-"""Evaluation: exact clean accuracy under a pinned numerics profile, and `rbzoo eval`.
+"""`rbzoo eval`: clean accuracy, then AutoAttack (or PGD) on the points still correct.
 
-Clean accuracy is reproducible to the sample: the model runs in eval mode with folded weights,
-TF32 off and deterministic algorithms, over the data in a fixed order. The result carries a
-SHA-256 of the per-sample predicted labels (so two machines compare predictions, not totals) and
-a SHA-256 of the evaluated data tensors (a different copy of the data is the other silent cause
-of mismatches).
+Exact clean accuracy itself (numerics profiles, ordered batches, data and prediction digests,
+margins and the verification certificate) lives in :mod:`rbzoo.exact`.
 
 :func:`run_eval` is what `rbzoo eval` runs: resolve and verify the checkpoint, check every option,
 measure clean accuracy, then attack the points still correct with AutoAttack or PGD
@@ -13,144 +10,22 @@ measure clean accuracy, then attack the points still correct with AutoAttack or 
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
-import math
 import os
 import platform
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset, Subset
 
 from ._io import file_sha256, write_json
 from .distributed import resolve_device
 from .errors import ConfigError, DataError
-
-NUMERICS_PROFILE = "rbzoo-pinned-v1: eval mode, folded weights, float32, TF32 off, deterministic algorithms, cuDNN benchmark off, fixed order"
-
-
-@contextmanager
-def pinned_numerics():
-    """TF32 off, deterministic algorithms on, cuDNN autotuning off; restored on exit."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    saved = (
-        torch.backends.cuda.matmul.allow_tf32,
-        torch.backends.cudnn.allow_tf32,
-        torch.backends.cudnn.benchmark,
-        torch.backends.cudnn.deterministic,
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-    )
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
-         torch.backends.cudnn.deterministic) = saved[:4]
-        torch.use_deterministic_algorithms(saved[4], warn_only=saved[5])
-
-
-def predictions_digest(predictions: np.ndarray) -> str:
-    """SHA-256 of the predicted labels in dataset order, as little-endian int32."""
-    return hashlib.sha256(np.asarray(predictions, dtype="<i4").tobytes()).hexdigest()
-
-
-class DataDigest:
-    """Incremental SHA-256 of the evaluated samples in order: image_0 (float32 LE), label_0
-    (int64 LE), image_1, label_1, … — per sample, so the digest does not depend on the batch size."""
-
-    def __init__(self) -> None:
-        self._h = hashlib.sha256()
-
-    def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        xs = x.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4", copy=False)
-        ys = y.detach().to("cpu", torch.int64).reshape(-1).contiguous().numpy().astype("<i8", copy=False)
-        for image, label in zip(xs, ys):
-            self._h.update(image.tobytes())
-            self._h.update(label.tobytes())
-
-    def hexdigest(self) -> str:
-        return self._h.hexdigest()
-
-
-def ordered_batches(dataset: Dataset, indices: Sequence[int] | None = None, batch_size: int = 256,
-                    num_workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches of (images, labels) in a fixed order: `indices` (or the whole dataset) as given."""
-    ds = dataset if indices is None else Subset(dataset, list(indices))
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, drop_last=False)
-    for x, y in loader:
-        yield x, torch.as_tensor(y)
-
-
-@dataclass
-class CleanResult:
-    n_examples: int
-    clean_correct: int
-    predictions: np.ndarray  # int64, one per evaluated sample, in order
-    labels: np.ndarray
-    predictions_sha256: str
-    data_sha256: str
-    numerics: str = NUMERICS_PROFILE
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def clean_acc(self) -> float:
-        return self.clean_correct / self.n_examples if self.n_examples else 0.0
-
-    @property
-    def correct_mask(self) -> np.ndarray:
-        return self.predictions == self.labels
-
-
-@torch.no_grad()
-def clean_accuracy(model: nn.Module, dataset: Dataset, *, indices: Sequence[int] | None = None,
-                   batch_size: int = 256, device: str | torch.device = "cpu", num_workers: int = 0,
-                   progress=None) -> CleanResult:
-    """Exact clean accuracy of `model` on `dataset` (or its `indices`, in that order).
-
-    `progress`, if given, is called with the number of samples done after each batch.
-    """
-    model = model.to(device).eval()
-    preds, labels = [], []
-    digest = DataDigest()
-    with pinned_numerics():
-        for x, y in ordered_batches(dataset, indices, batch_size, num_workers):
-            digest.update(x, y)
-            out = model(x.to(device, torch.float32))
-            preds.append(out.argmax(1).cpu())
-            labels.append(y.cpu())
-            if progress is not None:
-                progress(len(y))
-    p = torch.cat(preds).numpy().astype(np.int64) if preds else np.zeros(0, np.int64)
-    t = torch.cat(labels).numpy().astype(np.int64) if labels else np.zeros(0, np.int64)
-    return CleanResult(len(t), int((p == t).sum()), p, t, predictions_digest(p), digest.hexdigest())
-
-
-# --- `rbzoo eval`: clean accuracy, then AutoAttack (or PGD) on the points still correct -----------
-
-
-def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> list[float]:
-    """Wilson score interval of a binomial proportion k/n (95% by default)."""
-    if n <= 0:
-        return [0.0, 1.0]
-    p = k / n
-    denom = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denom
-    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    # Exact ends at k = 0 and k = n, where rounding would leave 1e-17 off.
-    return [0.0 if k == 0 else max(0.0, center - half), 1.0 if k == n else min(1.0, center + half)]
+from .exact import clean_accuracy, indices_digest, pack_flags, wilson_interval
 
 
 def select_indices(total: int, n_examples: int | None = None, mode: str = "first", seed: int = 0) -> np.ndarray:
@@ -163,23 +38,6 @@ def select_indices(total: int, n_examples: int | None = None, mode: str = "first
     if mode == "first":
         return np.arange(n, dtype=np.int64)
     return np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False)).astype(np.int64)
-
-
-def pack_flags(flags: np.ndarray) -> str:
-    """Per-sample booleans as packbits (little bit order), base64: the results' `robust_flags`."""
-    return base64.b64encode(np.packbits(np.asarray(flags, dtype=np.uint8), bitorder="little").tobytes()).decode("ascii")
-
-
-def unpack_flags(text: str, n: int) -> np.ndarray:
-    """Inverse of :func:`pack_flags` for `n` samples (ValueError if the text does not hold them)."""
-    bits = np.unpackbits(np.frombuffer(base64.b64decode(text, validate=True), dtype=np.uint8), bitorder="little")
-    if len(bits) < n or len(bits) >= n + 8 or bits[n:].any():
-        raise ValueError(f"packed flags do not hold {n} samples")
-    return bits[:n].astype(bool)
-
-
-def indices_digest(indices: np.ndarray) -> str:
-    return hashlib.sha256(np.asarray(indices, dtype="<i8").tobytes()).hexdigest()
 
 
 def package_versions() -> dict[str, str]:

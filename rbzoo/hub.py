@@ -40,6 +40,7 @@ from .constants import cards_dir as default_cards_dir
 from .constants import hf_cache_dir, hf_endpoint, hf_offline, hf_token, rbzoo_home
 from .errors import CheckpointError, ConfigError, DataError, HubError, RbzooError, VerificationError
 from .evaluate import checkpoint_dataset
+from .exact import clean_accuracy, pack_uint, predictions_digest, unpack_uint
 
 CARD_FILE = "README.md"
 CHECKPOINT_FILE = "model.safetensors"
@@ -99,8 +100,9 @@ class ZooEntry:
 
 
 def encode_predictions(predictions) -> str:
-    """Per-sample predicted labels as base64 of int16 little-endian (results.json `predictions_b64`)."""
-    return base64.b64encode(np.asarray(predictions, dtype="<i2").tobytes()).decode("ascii")
+    """Per-sample predicted labels as base64 of 16-bit fields, i.e. uint16 little-endian
+    (results.json `predictions_b64`)."""
+    return base64.b64encode(pack_uint(predictions, 16)).decode("ascii")
 
 
 def decode_predictions(text: str) -> np.ndarray:
@@ -110,7 +112,7 @@ def decode_predictions(text: str) -> np.ndarray:
         raise ConfigError("results.json: `predictions_b64` is not valid base64") from None
     if len(raw) % 2:
         raise ConfigError("results.json: `predictions_b64` does not hold int16 values")
-    return np.frombuffer(raw, dtype="<i2").astype(np.int64)
+    return unpack_uint(raw, len(raw) // 2, 16)
 
 
 def _scrub(text: str, token: str | None) -> str:
@@ -296,8 +298,6 @@ def _check_results(res, src: str, digest: str, dataset: str | None) -> dict:
             bad("attack", "must give norm, eps and version when robust_acc is set")
     if res.get("predictions_b64") is not None:
         preds = decode_predictions(res["predictions_b64"])
-        from .evaluate import predictions_digest
-
         if len(preds) != n or predictions_digest(preds) != res["predictions_sha256"]:
             bad("predictions_b64", "does not match n_examples / predictions_sha256")
     return res
@@ -415,8 +415,6 @@ def push(checkpoint: str | Path, repo_id: str | None = None, *, results: str | P
     get_spec(dataset)
     evaluated = False
     if data_dir is not None:
-        from .evaluate import clean_accuracy
-
         n = res["n_examples"] if res is not None else None
         ds, indices = _test_set(dataset, data_dir, n, f"evaluate {ckpt.name}", "rerun with --data-dir DIR")
         t0 = time.monotonic()
@@ -610,8 +608,6 @@ def _fetch_import(s: Spec, source: str | Path | None) -> _Fetched:
 
 def _mismatch(card: Card, clean, results: dict | None, label: str) -> str:
     """Describe how a re-evaluation differs from the card: counts, and which samples disagree."""
-    from .evaluate import predictions_digest
-
     exp = card.expected
     n = exp["n_examples"]
     msg = (f"{label}: clean accuracy does not reproduce: {clean.clean_correct}/{n} correct, "
@@ -673,8 +669,6 @@ def _check(f: _Fetched, *, verify: bool, data_dir, device: str, progress: Progre
         if rec is None:  # never overwrite a verified or an unverified mark
             _registry_put(key, {**base, "status": "downloaded", "checked_at": _now()})
         return out
-
-    from .evaluate import clean_accuracy
 
     exp = card.expected
     hint = f"rerun `rbzoo pull {f.spec} --data-dir DIR`, or skip the check with --no-verify"

@@ -44,7 +44,7 @@ from . import __version__
 from ._io import write_json
 from .attacks import pgd
 from .errors import ConfigError, EvalStateError
-from .evaluate import ordered_batches, pack_flags, pinned_numerics, unpack_flags
+from .exact import ordered_batches, pack_flags, pinned_numerics, unpack_flags
 
 ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 VERSION_ATTACKS = {

@@ -44,7 +44,7 @@ from .checkpoint import save
 from .config import TrainConfig
 from .data import dataset_metadata, get_dataset, get_spec, split_train_valid, test_transform
 from .errors import CheckpointError, ConfigError
-from .evaluate import ordered_batches
+from .exact import ordered_batches
 from .layers import SubnetConv2d
 from .models import create_model
 from .objectives import make_objective

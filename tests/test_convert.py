@@ -491,7 +491,7 @@ def test_import_zoo_entry_downloads_the_source(tiny, tmp_path):
 
 def test_import_zoo_entry_verifies_the_clean_count(tiny, tmp_path, cifar10_root):
     from rbzoo.data import get_dataset
-    from rbzoo.evaluate import clean_accuracy
+    from rbzoo.exact import clean_accuracy
 
     _, src = tiny
     path = import_zoo_entry(_card(), src, cache_dir=tmp_path)
@@ -580,7 +580,7 @@ def test_pull_of_an_imported_entry_downloads_converts_and_verifies(tiny, tmp_pat
     from test_fetch import FileServer
 
     from rbzoo.data import get_dataset
-    from rbzoo.evaluate import clean_accuracy
+    from rbzoo.exact import clean_accuracy
 
     monkeypatch.setenv("RBZOO_HOME", str(tmp_path / "home"))
     _, src = tiny

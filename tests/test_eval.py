@@ -16,8 +16,8 @@ import rbzoo.data
 from rbzoo import resolve
 from rbzoo.cli import main
 from rbzoo.errors import CheckpointError, ConfigError, EvalStateError
-from rbzoo.evaluate import (EvalConfig, clean_accuracy, pack_flags, run_eval, select_indices, unpack_flags,
-                            wilson_interval)
+from rbzoo.evaluate import EvalConfig, run_eval, select_indices
+from rbzoo.exact import clean_accuracy, pack_flags, unpack_flags, wilson_interval
 from rbzoo.robust import ChunkRecord, EvalState, chunk_seed, make_attack_spec, parse_eps
 
 # One attack setting shared by the reference run, the direct pyautoattack comparison, the

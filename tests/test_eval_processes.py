@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from rbzoo.cli import main
-from rbzoo.evaluate import unpack_flags
+from rbzoo.exact import unpack_flags
 
 from test_eval import AA_ARGS, N_POINTS, one_thread, reference, trained_checkpoint  # noqa: F401 (fixtures)
 

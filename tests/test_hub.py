@@ -28,7 +28,7 @@ from rbzoo import hub
 from rbzoo.cards import build_card, load_card, parse_card
 from rbzoo.cli import main
 from rbzoo.errors import CheckpointError, ConfigError, HubError, VerificationError
-from rbzoo.evaluate import clean_accuracy, predictions_digest
+from rbzoo.exact import clean_accuracy, predictions_digest
 
 from conftest import make_tiny_checkpoint
 from hub_server import TEST_TOKEN
