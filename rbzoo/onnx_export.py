@@ -35,7 +35,8 @@ from ._io import atomic_path, check_output, file_sha256
 from .checkpoint import build, read, weights_digest
 from .data import dataset_metadata, get_dataset, get_spec
 from .errors import CheckpointError, ConfigError, VerificationError
-from .evaluate import ordered_batches, pinned_numerics, predictions_digest, select_indices
+from .evaluate import select_indices
+from .exact import TAU, certify, compare, ordered_batches, pinned_numerics
 from .layers import SubnetConv2d
 from .models._registry import ARCHITECTURES, fold
 from .models.resnet import Bottleneck, ResNet
@@ -44,9 +45,9 @@ from .resolve import resolve_checkpoint
 VARIANTS = ("dense", "int8", "sparse")
 BN_MODES = ("fold", "explicit")
 DEFAULT_OPSET = 17
-# Near-tie tolerance of the verification (used until rbzoo.exact provides the certificate rules):
-# a label may differ only where rbzoo's own relative top-2 margin is below this.
-NEAR_TIE_TAU = 1e-3
+# Near-tie tolerance of the verification: onnxruntime is one more float32 evaluation, so the
+# certificate's float32 τ applies (measured onnxruntime-vs-torch relative deviation: ~3e-6).
+NEAR_TIE_TAU = TAU["verify"]
 
 DIGITS_CLASSES = [str(i) for i in range(10)]
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -273,23 +274,16 @@ def build_proto(model: nn.Module, *, image_size: int, variant: str = "dense", bn
 # --- verification under onnxruntime ----------------------------------------------------------------
 
 
-def relative_margins(logits: np.ndarray) -> np.ndarray:
-    """(z₁ − z₂) / max(‖z‖∞, tiny) per row: how far a sample is from changing its label."""
-    z = np.asarray(logits, dtype=np.float64)
-    top2 = -np.partition(-z, 1, axis=1)[:, :2]
-    scale = np.maximum(np.abs(z).max(axis=1), np.finfo(np.float32).tiny)
-    return ((top2[:, 0] - top2[:, 1]) / scale).astype(np.float32)
-
-
 @dataclass
 class CheckResult:
     """rbzoo (torch) vs onnxruntime on the same samples."""
 
     n: int
-    status: str  # exact | tolerance | failed
+    status: str  # exact | tolerance | failed (rbzoo.exact.compare's verdict)
     tau: float
+    verdict: str  # the verdict's one-line message
     differing: list[int]  # sample positions whose labels differ
-    near_ties: int  # samples whose torch relative top-2 margin is below tau
+    near_ties: int  # samples whose rbzoo relative top-2 margin is below tau
     max_abs_dev: float  # max |logit_onnx − logit_torch|
     max_rel_dev: float  # max over samples of max|Δlogit| / ‖logits‖∞
     torch_correct: int
@@ -303,21 +297,7 @@ class CheckResult:
         return self.status != "failed"
 
     def message(self) -> str:
-        head = {"exact": "labels identical", "tolerance": "labels identical except near-ties",
-                "failed": "labels differ beyond the near-tie tolerance"}[self.status]
-        where = f" (samples {self.differing[:10]})" if self.differing else ""
-        return (f"{head} on {self.n} samples{where}; max |Δlogit| {self.max_abs_dev:.3g}, "
-                f"max relative {self.max_rel_dev:.3g}, τ {self.tau:g}")
-
-
-def _compare(ref: np.ndarray, got: np.ndarray, tau: float) -> tuple[str, np.ndarray, int]:
-    """Verification rule: labels equal → exact; differing only where the torch relative top-2
-    margin is below τ → tolerance; else failed."""
-    margins = relative_margins(ref)
-    diff = np.flatnonzero(ref.argmax(1) != got.argmax(1))
-    near = margins < tau
-    status = "exact" if not len(diff) else "tolerance" if near[diff].all() else "failed"
-    return status, diff, int(near.sum())
+        return f"{self.verdict}; max |Δlogit| {self.max_abs_dev:.3g}, max relative {self.max_rel_dev:.3g}"
 
 
 def _session(ort, path: str | os.PathLike | bytes, threads: int | None = None):
@@ -332,7 +312,8 @@ def _session(ort, path: str | os.PathLike | bytes, threads: int | None = None):
 def check_onnx(path: str | os.PathLike | bytes, model: nn.Module, dataset, *, indices=None, batch_size: int = 256,
                tau: float = NEAR_TIE_TAU, threads: int | None = None) -> CheckResult:
     """Run the ONNX graph under onnxruntime and rbzoo's `model` under pinned numerics on the same
-    batches of `dataset` (images in [0, 1]); compare labels with the near-tie rule."""
+    batches of `dataset` (images in [0, 1]); compare them with the verification certificate's rule
+    (rbzoo.exact.compare: a label may differ only where either relative top-2 margin is below τ)."""
     _, ort = require_onnx()
     t0 = time.perf_counter()
     session = _session(ort, path, threads)
@@ -348,16 +329,17 @@ def check_onnx(path: str | os.PathLike | bytes, model: nn.Module, dataset, *, in
     ref, got, y = np.concatenate(refs), np.concatenate(gots), np.concatenate(labels)
     if ref.shape != got.shape:
         raise VerificationError(f"onnxruntime returned logits of shape {got.shape}, rbzoo {ref.shape}")
-    status, diff, near = _compare(ref, got, tau)
+    reference, new = certify(ref, tau=tau), certify(got, tau=tau)
+    verdict = compare(reference, new.labels, new.margins, tau=tau)
     dev = np.abs(got.astype(np.float64) - ref)
     scale = np.maximum(np.abs(ref).max(axis=1), np.finfo(np.float32).tiny)
-    p_ref, p_got = ref.argmax(1), got.argmax(1)
     return CheckResult(
-        n=len(y), status=status, tau=tau, differing=diff.tolist(), near_ties=near,
+        n=len(y), status=verdict.status, tau=verdict.tau, verdict=verdict.message(),
+        differing=verdict.differing.tolist(), near_ties=len(reference.near_ties(tau)),
         max_abs_dev=float(dev.max()) if dev.size else 0.0,
         max_rel_dev=float((dev.max(axis=1) / scale).max()) if dev.size else 0.0,
-        torch_correct=int((p_ref == y).sum()), onnx_correct=int((p_got == y).sum()),
-        torch_predictions_sha256=predictions_digest(p_ref), onnx_predictions_sha256=predictions_digest(p_got),
+        torch_correct=int((reference.labels == y).sum()), onnx_correct=int((new.labels == y).sum()),
+        torch_predictions_sha256=reference.labels_sha256, onnx_predictions_sha256=new.labels_sha256,
         wall_s=time.perf_counter() - t0)
 
 

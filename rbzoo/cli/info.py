@@ -96,6 +96,6 @@ def export(
                                 check_n=check_n, force=force)
     c = r.check
     console.print(f"wrote {r.path} ({r.file_size:,} bytes, {r.variant}, BN {r.bn}, opset {r.opset})", highlight=False)
-    console.print(f"verified on {r.dataset}/test: {c.status}: {c.message()}", highlight=False)
+    console.print(f"verified against rbzoo on {r.dataset}/test: {c.message()}", highlight=False)
     console.print(f"clean correct: rbzoo {c.torch_correct}/{c.n}, onnxruntime {c.onnx_correct}/{c.n}; "
                   f"model digest {r.model_digest}", highlight=False)
