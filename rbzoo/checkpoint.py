@@ -114,19 +114,11 @@ def save(model: nn.Module, path: str | os.PathLike, metadata: dict | None = None
     if mode not in (SIGNS_V1, EXPLICIT):
         raise CheckpointError(f"unknown signs mode {mode!r}")
     tensors: dict[str, torch.Tensor] = {}
-    layer_meta, parts = [], []
-    for key, module in prunable_layers(model):
-        mask, kept_signs = _mask_and_signs(model, key, module, mode)
+    layer_meta, parts, rest = _contents(model, mode)
+    for key, shape, mask, kept_signs in parts:
         if mode == EXPLICIT:
             tensors[f"{key}.signs"] = torch.from_numpy(np.frombuffer(pack_bits(kept_signs), dtype=np.uint8).copy())
         tensors[f"{key}.mask"] = torch.from_numpy(np.frombuffer(encode_mask(mask), dtype=np.uint8).copy())
-        layer_meta.append({"name": key, "shape": list(module.weight.shape), "kept": int(mask.sum())})
-        parts.append((key, tuple(module.weight.shape), mask, kept_signs))
-    rest = {}
-    for key, value in _rest_state(model).items():
-        if not value.is_floating_point():
-            raise CheckpointError(f"{key}: unexpected non-float state tensor")
-        rest[key] = value.detach().to("cpu", torch.float32).contiguous()
     tensors.update(rest)
     arch_json = canonical_json(model.arch)
     digest = model_digest(arch_json, parts, rest)
@@ -148,6 +140,29 @@ def save(model: nn.Module, path: str | os.PathLike, metadata: dict | None = None
         meta[k] = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
     write_bytes(path, st_save(tensors, metadata=meta))
     return digest
+
+
+def _contents(model: nn.Module, mode: str) -> tuple[list, list, dict[str, torch.Tensor]]:
+    """(layer records, (name, shape, mask, kept signs) per prunable layer, the other tensors as float32)."""
+    layer_meta, parts = [], []
+    for key, module in prunable_layers(model):
+        mask, kept_signs = _mask_and_signs(model, key, module, mode)
+        layer_meta.append({"name": key, "shape": list(module.weight.shape), "kept": int(mask.sum())})
+        parts.append((key, tuple(module.weight.shape), mask, kept_signs))
+    rest = {}
+    for key, value in _rest_state(model).items():
+        if not value.is_floating_point():
+            raise CheckpointError(f"{key}: unexpected non-float state tensor")
+        rest[key] = value.detach().to("cpu", torch.float32).contiguous()
+    return layer_meta, parts, rest
+
+
+def model_digest_of(model: nn.Module) -> str:
+    """The whole-model digest (§8) of a module in memory: what `save` would write for it."""
+    if getattr(model, "model_digest", None):
+        return model.model_digest
+    _, parts, rest = _contents(model, EXPLICIT)
+    return model_digest(canonical_json(model.arch), parts, rest)
 
 
 def _mask_and_signs(model: nn.Module, key: str, module: nn.Module, mode: str) -> tuple[np.ndarray, np.ndarray]:

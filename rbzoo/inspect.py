@@ -7,7 +7,7 @@ from pathlib import Path
 
 from safetensors.torch import save as st_save
 
-from ._io import write_bytes
+from ._io import check_output, write_bytes
 from .checkpoint import build, read
 from .models._registry import ARCHITECTURES
 
@@ -55,8 +55,10 @@ def describe(path: str | Path) -> dict:
     }
 
 
-def export_dense(path: str | Path, out: str | Path) -> int:
-    """Write the folded model's dense state_dict (float32) to `out`; returns the byte count."""
+def export_dense(path: str | Path, out: str | Path, *, force: bool = False) -> int:
+    """Write the folded model's dense state_dict (float32) to `out`; returns the byte count.
+    The writer rule holds: never over `path`, never over an existing `out` without `force`."""
+    out = check_output(out, inputs=(path,), force=force)
     ck = read(path)
     model = build(ck)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}

@@ -45,6 +45,32 @@ def test_export_dense(tmp_path):
     assert "last.running_mean" in state
 
 
+def test_export_dense_writer_rules(tmp_path, capsys):
+    """`rbzoo export CKPT OUT` and `--out`: never over the input, an existing output needs --force,
+    a folder is a one-line error; the input and any existing output are left intact."""
+    m, path = _ckpt(tmp_path)
+    before = path.read_bytes()
+    for args in (["export", str(path), str(path), "--force"], ["export", str(path), "--out", str(path), "--force"]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "input file" in err and err.count("\n") == 1 and path.read_bytes() == before
+    out = tmp_path / "dense.safetensors"
+    out.write_bytes(b"keep me")
+    assert main(["export", str(path), "--out", str(out), "--format", "safetensors"]) == 2
+    assert "--force" in capsys.readouterr().err and out.read_bytes() == b"keep me"
+    assert main(["export", str(path), "--out", str(out), "--format", "safetensors", "--force"]) == 0
+    assert torch.equal(load_file(out)["layer1.0.conv1.weight"], m.layer1[0].conv1.effective_weight())
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    assert main(["export", str(path), str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "folder" in err and err.count("\n") == 1 and not list(folder.iterdir())
+    # Options of the ONNX format only, and an output given twice, are one-line errors too.
+    assert main(["export", str(path), str(tmp_path / "x.safetensors"), "--variant", "int8"]) == 2
+    assert main(["export", str(path), str(tmp_path / "x.safetensors"), "--out", str(tmp_path / "y.safetensors")]) == 2
+    assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "y.safetensors").exists()
+
+
 def test_console_script_errors(tmp_path):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a checkpoint at all")

@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ..errors import ConfigError
 from . import app, console
 
 
@@ -60,13 +61,49 @@ def info(
     console.print(f"float32 dense weights would take {t['float32_bytes']:,} bytes: this file is {t['compression']:.0f}× smaller")
 
 
+def _export_format(fmt: Optional[str], out: Path) -> str:
+    if fmt is None:  # the suffix decides; the historical default is safetensors
+        return "onnx" if out.suffix.lower() == ".onnx" else "safetensors"
+    if fmt not in ("onnx", "safetensors"):
+        raise ConfigError(f"unknown --format {fmt!r} (onnx, safetensors)")
+    return fmt
+
+
 @app.command()
 def export(
-    checkpoint: Annotated[Path, typer.Argument(help="A format-v1 checkpoint.")],
-    out: Annotated[Path, typer.Argument(help="Output .safetensors: a plain dense state_dict.")],
+    model: Annotated[str, typer.Argument(help="Checkpoint file, run folder, zoo name or repo id.")],
+    out_arg: Annotated[Optional[Path], typer.Argument(metavar="[OUT]", help="Output file (same as --out).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output file.")] = None,
+    fmt: Annotated[Optional[str], typer.Option("--format", help="onnx or safetensors (default: from the suffix of OUT; safetensors otherwise).")] = None,
+    variant: Annotated[str, typer.Option(help="ONNX weights: dense (float32), int8 (±1/0, cast in the graph) or sparse (sparse initializers).")] = "dense",
+    bn: Annotated[str, typer.Option(help="ONNX BatchNorm: fold (into the convolutions) or explicit (BatchNormalization nodes).")] = "fold",
+    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
+    check_n: Annotated[Optional[int], typer.Option("--check-n", help="Verify on the first N test samples (default: the whole test split).")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Dataset to verify on (default: the one recorded in the checkpoint).")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Data folder (default $RBZOO_DATA or ./data).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output file.")] = False,
 ) -> None:
-    """Write the folded dense weights (sign × mask) and BN buffers as a plain safetensors state_dict."""
-    from .. import inspect as rb_inspect
+    """Export a model: ONNX verified by onnxruntime against rbzoo's labels, or dense safetensors."""
+    from .. import inspect as rb_inspect  # library imports live in the commands: --help stays torch-free
+    from .. import onnx_export
+    from ..resolve import resolve_checkpoint
+    from ..zoo import resolve_remote
 
-    n = rb_inspect.export_dense(checkpoint, out)
-    console.print(f"wrote {out} ({n:,} bytes)")
+    if out_arg is not None and out is not None:
+        raise ConfigError("give the output once: OUT or --out")
+    out = out if out is not None else out_arg
+    if out is None:
+        raise ConfigError("give an output file: --out PATH")
+    if _export_format(fmt, out) == "safetensors":
+        if variant != "dense" or bn != "fold" or check_n is not None:
+            raise ConfigError("--variant, --bn and --check-n apply to --format onnx")
+        n = rb_inspect.export_dense(resolve_checkpoint(model, resolve_remote), out, force=force)
+        console.print(f"wrote {out} ({n:,} bytes)", highlight=False)
+        return
+    r = onnx_export.export_onnx(model, out, variant=variant, bn=bn, opset=opset, dataset=dataset, data_dir=data_dir,
+                                check_n=check_n, force=force, remote=resolve_remote)
+    c = r.check
+    console.print(f"wrote {r.path} ({r.file_size:,} bytes, {r.variant}, BN {r.bn}, opset {r.opset})", highlight=False)
+    console.print(f"verified against rbzoo on {r.dataset}/test: {c.message()}", highlight=False)
+    console.print(f"clean correct: rbzoo {c.torch_correct}/{c.n}, onnxruntime {c.onnx_correct}/{c.n}; "
+                  f"model digest {r.model_digest}", highlight=False)
