@@ -219,7 +219,7 @@ class Checkpoint:
             return default
         try:
             return json.loads(self.metadata[key])
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON (a bare string), or hostile (huge integers, deep nesting)
             return self.metadata[key]
 
 
@@ -253,7 +253,7 @@ def _strict_json(text: str, key: str):
 
     try:
         return json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constants)
-    except (json.JSONDecodeError, TypeError, RecursionError) as e:
+    except (ValueError, TypeError, RecursionError) as e:  # ValueError also covers 5000-digit integers
         raise CheckpointError(f"metadata {key} is not valid JSON: {str(e).splitlines()[0][:120]}") from None
 
 
