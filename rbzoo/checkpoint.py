@@ -233,6 +233,12 @@ MAX_PRUNABLE = 1 << 27  # 134 M weights
 NONLINEARITIES = ("relu", "leaky_relu")
 
 
+def _shown(value, limit: int) -> str:
+    """A value read from a file, for a one-line message: truncated, control characters escaped."""
+    text = value if isinstance(value, str) else repr(value)
+    return text[:limit].encode("unicode_escape").decode("ascii")
+
+
 def checkpoint_dataset(ckpt: Checkpoint) -> str | None:
     """The dataset name recorded in `rbzoo.dataset` (a JSON object or a bare name), if any."""
     value = ckpt.meta_json("rbzoo.dataset")
@@ -269,15 +275,15 @@ def check_arch(arch) -> None:
     def integer(name: str, lo: int, hi: int) -> None:
         v = arch.get(name)
         if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-            bad(f"{name} must be an integer in [{lo}, {hi}], got {str(v)[:40]}")
+            bad(f"{name} must be an integer in [{lo}, {hi}], got {_shown(v, 40)}")
 
     if not isinstance(arch, dict):
         bad("not a JSON object")
-    if arch.get("id") not in ARCHITECTURES:
-        bad(f"unknown architecture {str(arch.get('id'))[:60]!r}")
+    if not isinstance(arch.get("id"), str) or arch["id"] not in ARCHITECTURES:
+        bad(f"unknown architecture {_shown(arch.get('id'), 60)}")
     unknown = set(arch) - set(ARCH_KEYS) - {"id"}
     if unknown:
-        bad(f"unknown options {sorted(str(k)[:40] for k in unknown)[:5]}")
+        bad(f"unknown options {_shown(sorted(unknown)[:5], 120)}")
     integer("num_classes", 1, MAX_CLASSES)
     integer("in_channels", 1, MAX_IN_CHANNELS)
     for name in ("mean", "std"):
@@ -362,17 +368,17 @@ def _check_tensor_set(present: set, expected: list, rest_expected: dict, mode: s
         if wanted - present:
             parts.append("missing " + ", ".join(sorted(wanted - present)[:5]))
         if present - wanted:
-            parts.append("unexpected " + ", ".join(sorted(k[:80] for k in present - wanted)[:5]))
+            parts.append("unexpected " + ", ".join(_shown(k, 80) for k in sorted(present - wanted)[:5]))
         raise CheckpointError(f"{path}: tensor set does not match {arch.get('id')}: {'; '.join(parts)}")
 
 
 def _read_layer(f, head: _Header, entry, key: str, shape: tuple, path: Path) -> LayerRecord:
     if not isinstance(entry, dict) or entry.get("name") != key or tuple(entry.get("shape", ()) or ()) != shape:
-        raise CheckpointError(f"{path}: layer {key}: declared {str(entry)[:120]} but the architecture has shape {list(shape)}")
+        raise CheckpointError(f"{path}: layer {key}: declared {_shown(entry, 120)} but the architecture has shape {list(shape)}")
     kept = entry.get("kept")
     n = math.prod(shape)
     if not isinstance(kept, int) or isinstance(kept, bool) or not 0 <= kept <= n:
-        raise CheckpointError(f"{path}: layer {key}: bad kept count {str(kept)[:40]}")
+        raise CheckpointError(f"{path}: layer {key}: bad kept count {_shown(kept, 40)}")
     blob = f.get_tensor(f"{key}.mask")
     if blob.dtype != torch.uint8 or blob.dim() != 1:
         raise CheckpointError(f"{path}: layer {key}: mask must be a 1-D U8 tensor")
@@ -428,10 +434,10 @@ def read(path: str | os.PathLike) -> Checkpoint:
 def _verify_digests(meta: dict, head: _Header, layers: list[LayerRecord], tensors: dict, path: Path) -> None:
     wd = weights_digest([(rec.mask, rec.signs) for rec in layers])
     if wd != meta["rbzoo.weights_sha256"]:
-        raise CheckpointError(f"{path}: weights digest mismatch (file says {meta['rbzoo.weights_sha256'][:16]}…, content gives {wd[:16]}…): the masks or signs are corrupted")
+        raise CheckpointError(f"{path}: weights digest mismatch (file says {_shown(meta['rbzoo.weights_sha256'], 16)}…, content gives {wd[:16]}…): the masks or signs are corrupted")
     md = model_digest(head.arch_json, [(r.name, r.shape, r.mask, r.signs) for r in layers], tensors)
     if md != meta["rbzoo.model_sha256"]:
-        raise CheckpointError(f"{path}: model digest mismatch (file says {meta['rbzoo.model_sha256'][:16]}…, content gives {md[:16]}…): "
+        raise CheckpointError(f"{path}: model digest mismatch (file says {_shown(meta['rbzoo.model_sha256'], 16)}…, content gives {md[:16]}…): "
                               "the architecture record, masks or stored tensors were changed")
 
 
