@@ -94,20 +94,10 @@ def create_model(
     if name not in ARCHITECTURES:
         raise KeyError(f"unknown architecture {name!r}; known: {', '.join(list_models())}")
     spec = ARCHITECTURES[name]
-    num_classes = spec.num_classes if num_classes is None else int(num_classes)
-    if mean is None or std is None:
-        norm = normalize or (spec.normalize if in_channels == 3 else None)
-        if norm is None:
-            mean, std = (0.5,) * in_channels, (0.5,) * in_channels
-        elif norm not in NORMALIZATION:
-            raise KeyError(f"unknown normalization {norm!r}; known: {', '.join(NORMALIZATION)}")
-        else:
-            mean, std = NORMALIZATION[norm]
-    if len(mean) != in_channels or len(std) != in_channels:
-        raise ValueError(f"mean/std need {in_channels} values")
+    mean, std = _normalization(spec, normalize, mean, std, in_channels)
     arch = {
         "id": name,
-        "num_classes": num_classes,
+        "num_classes": spec.num_classes if num_classes is None else int(num_classes),
         "in_channels": int(in_channels),
         "mean": [float(v) for v in mean],
         "std": [float(v) for v in std],
@@ -116,12 +106,11 @@ def create_model(
         "last_layer_dense": bool(last_layer_dense),
         "nonlinearity": nonlinearity,
     }
-    kwargs = {k: v for k, v in arch.items() if k != "id"}
     if name == "tiny_resnet":
-        arch["width"] = kwargs["width"] = int(width or 8)
+        arch["width"] = int(width or 8)
     elif width is not None:
         raise ValueError(f"{name} has no width option")
-    model = spec.build(**kwargs)
+    model = spec.build(**{k: v for k, v in arch.items() if k != "id"})
     model.arch = arch
     model.seed = int(seed)
     model.keep_ratio = float(keep)
@@ -134,6 +123,21 @@ def create_model(
         init_scores(model, seed, score_init_scale, score_mode, spec.last_layer)
         _init_dense(model, seed)
     return model
+
+
+def _normalization(spec: Architecture, normalize, mean, std, in_channels: int) -> tuple:
+    """mean/std: given, or a named constant set (method.md §1.1), or 0.5 for non-RGB inputs."""
+    if mean is None or std is None:
+        norm = normalize or (spec.normalize if in_channels == 3 else None)
+        if norm is None:
+            mean, std = (0.5,) * in_channels, (0.5,) * in_channels
+        elif norm not in NORMALIZATION:
+            raise KeyError(f"unknown normalization {norm!r}; known: {', '.join(NORMALIZATION)}")
+        else:
+            mean, std = NORMALIZATION[norm]
+    if len(mean) != in_channels or len(std) != in_channels:
+        raise ValueError(f"mean/std need {in_channels} values")
+    return mean, std
 
 
 def create_model_from_arch(arch: dict, **kwargs) -> nn.Module:
