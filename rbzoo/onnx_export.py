@@ -394,8 +394,6 @@ def _onnx_metadata(model, metadata: dict, source: Path | None, dataset: str | No
         "rbzoo.input": "float32 NCHW images in [0, 1]; normalization is inside the graph",
         "rbzoo.version": __version__,
     }
-    if metadata.get("rbzoo.state_sha256"):
-        out["rbzoo.state_sha256"] = metadata["rbzoo.state_sha256"]
     if source is not None:
         out["rbzoo.source_sha256"] = file_sha256(source)[0]
     return {k: v for k, v in out.items() if v}
