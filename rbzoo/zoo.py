@@ -32,7 +32,7 @@ from .constants import rbzoo_home
 from .convert import convert_official
 from .data import get_dataset
 from .errors import ConfigError, DataError, HubError, RbzooError, VerificationError
-from .exact import Certificate, Verdict, check_profile, clean_accuracy, compare, compare_count
+from .exact import TAU, Certificate, Verdict, check_profile, clean_accuracy, compare, compare_count
 from .fetch import download
 from .hub import CARD_FILE, RESULTS_FILE, fetch_hub
 from .verified import registry_entries
@@ -279,6 +279,13 @@ def _certificate_path(model_digest: str, data_sha256: str) -> Path:
     return rbzoo_home() / "certificates" / f"{model_digest[:32]}-{data_sha256[:16]}.json"
 
 
+def _count_tau(exp: dict, new: Certificate) -> float:
+    """τ for a count-only reference: the larger of this evaluation's and the reference's profile.
+    A card that does not say how its count was made (the paper's: the authors' GPUs, where
+    PyTorch allows TF32 for convolutions by default) is taken to be a `fast` evaluation."""
+    return max(new.tau, TAU[exp["profile"] or "fast"])
+
+
 def _judge(f: _Fetched, label: str, ck, clean, strict: bool) -> tuple[Verdict, str]:
     """Compare a re-evaluation with the card: (verdict, what the reference was)."""
     exp = f.card.expected
@@ -289,7 +296,7 @@ def _judge(f: _Fetched, label: str, ck, clean, strict: bool) -> tuple[Verdict, s
     if ref is None and exp["data_sha256"] in (None, clean.data_sha256):
         local = _local_reference(ck.digest, clean.data_sha256)
         if local is not None:  # exact against this machine's past evaluation, if the card's count allows it
-            counted = compare_count(exp["clean_correct"], clean.clean_correct, new)
+            counted = compare_count(exp["clean_correct"], clean.clean_correct, new, tau=_count_tau(exp, new))
             if not counted.ok:
                 return counted, "the card's count"
             ref, what = local, "this machine's earlier certificate; the card has counts only"
@@ -298,7 +305,8 @@ def _judge(f: _Fetched, label: str, ck, clean, strict: bool) -> tuple[Verdict, s
     elif exp["predictions_sha256"] is not None and exp["predictions_sha256"] == clean.predictions_sha256:
         verdict, what = Verdict("exact", clean.n_examples, new.tau), "the card's prediction digest"
     else:
-        verdict, what = compare_count(exp["clean_correct"], clean.clean_correct, new), "the card's count"
+        verdict = compare_count(exp["clean_correct"], clean.clean_correct, new, tau=_count_tau(exp, new))
+        what = "the card's count"
     if strict and verdict.ok and verdict.status != "exact":
         verdict = Verdict("failed", verdict.n, verdict.tau, verdict.differing, verdict.near_tie_differing,
                           verdict.differing, verdict.counts)

@@ -29,6 +29,7 @@ import rbzoo.fetch
 import rbzoo.pruning
 from rbzoo.cli import main
 from rbzoo.convert import OFFICIAL_ARCHS, convert_official, official_mask
+from rbzoo.exact import TAU
 from rbzoo.zoo import import_zoo_entry
 from rbzoo.data import DEFAULT_EPS, get_spec
 from rbzoo.errors import CheckpointError, ConfigError, HubError, VerificationError
@@ -573,8 +574,12 @@ def test_pull_of_an_imported_entry_downloads_converts_and_verifies(tiny, tmp_pat
 
     monkeypatch.setenv("RBZOO_HOME", str(tmp_path / "home"))
     _, src = tiny
-    correct = clean_accuracy(rbzoo.load(import_zoo_entry(_card(), src, cache_dir=tmp_path / "probe")),
-                             get_dataset("cifar10", "test", cifar10_root)).clean_correct
+    probe = clean_accuracy(rbzoo.load(import_zoo_entry(_card(), src, cache_dir=tmp_path / "probe")),
+                           get_dataset("cifar10", "test", cifar10_root))
+    correct = probe.clean_correct
+    # The paper's counts were made on the authors' GPUs (profile `fast`): its near-ties are excused.
+    slack = len(probe.certificate().near_ties(TAU["fast"])) + 1
+    wrong = correct + slack if correct + slack <= 50 else correct - slack
     cards = tmp_path / "cards"
     with FileServer(src.read_bytes()) as srv:
         _zoo_card(cards, srv.url, correct)
@@ -602,11 +607,12 @@ def test_pull_of_an_imported_entry_downloads_converts_and_verifies(tiny, tmp_pat
         assert json.loads((tmp_path / "r.json").read_text())["clean_correct"] == correct
         capsys.readouterr()
     # A card claiming another count: the pull fails (exit 3) and says by how much.
-    _zoo_card(cards, None, correct + 1, name="tiny-wrong")
+    _zoo_card(cards, None, wrong, name="tiny-wrong")
     assert main(["pull", "tiny-wrong", "--cards-dir", str(cards), "--data-dir", str(cifar10_root),
                  "--source", str(src)]) == 3
     err = capsys.readouterr().err
-    assert f"{correct}/50 correct, the reference says {correct + 1}/50 (difference -1" in err and err.count("\n") == 1
+    assert f"{correct}/50 correct, the reference says {wrong}/50 (difference {correct - wrong:+d}" in err
+    assert err.count("\n") == 1
     # No URL and no --source: a one-line error saying what to do.
     assert main(["pull", "tiny-wrong", "--cards-dir", str(cards), "--data-dir", str(cifar10_root)]) == 2
     assert "--source FILE" in capsys.readouterr().err
