@@ -332,8 +332,9 @@ def test_ctrl_c_exits_130_and_says_how_to_resume(tmp_path):
     cmd = ["eval", str(run), "--n-examples", "24", "--chunk-size", "2", "--pgd", "40", "--out", str(out),
            "--device", "cpu"]
     proc = _start(cmd, tmp_path)
-    state = tmp_path / "r.state"
-    _wait_for(proc, lambda: any(state.glob("chunk-*.json")))
+    states = Path(os.environ["RBZOO_HOME"]) / "eval-state"  # keyed by the evaluation, not by --out
+    _wait_for(proc, lambda: any(states.glob("*/chunk-*.json")))
+    (state,) = {p.parent for p in states.glob("*/chunk-*.json")}
     err = _interrupt(proc)
     assert err.splitlines()[-1] == f"error: interrupted; resume with: {shlex.join(['rbzoo', *cmd])}", err
     saved = {p.name: p.read_bytes() for p in state.glob("chunk-*.json")}
