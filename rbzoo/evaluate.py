@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._io import file_sha256, write_json
+from ._io import check_output, file_sha256, write_json
 from .checkpoint import build, checkpoint_dataset, read
 from .data import DEFAULT_EPS, get_dataset, get_spec
 from .constants import rbzoo_home
@@ -101,6 +101,7 @@ class EvalConfig:
     state: str | os.PathLike | None = None
     fresh: bool = False
     numerics: str = "verify"  # rbzoo.exact profile of the clean pass: verify | fast | bf16
+    force: bool = False  # replace an existing --out
 
 
 def _check_config(config: EvalConfig, ckpt, path: Path):
@@ -132,6 +133,8 @@ def _check_config(config: EvalConfig, ckpt, path: Path):
     out = Path(config.out) if config.out is not None else None
     if out is not None and out.is_dir():
         raise ConfigError(f"--out {out} is a folder; give a file name such as results.json")
+    if out is not None:  # checked before any work: a finished evaluation's results are not replaced silently
+        check_output(out, inputs=(path,), force=config.force, kind="--out")
     return name, recorded, attack, out
 
 

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from . import figures as F
-from ._io import atomic_path, write_json
+from ._io import atomic_path, check_output, write_json
 from .errors import ConfigError
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable with every common colour-vision deficiency.
@@ -424,9 +424,13 @@ def plot_compare(a, b, out, *, data_out=None) -> dict:
 
 def plot(kind: str, inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *, data_out=None,
          layers: Sequence[str] | None = None, ps: Sequence[float] | str | None = None, trials: int = 100,
-         seed: int = 0) -> dict:
-    """Dispatch for `rbzoo plot KIND INPUT… --out FILE`."""
+         seed: int = 0, force: bool = False) -> dict:
+    """Dispatch for `rbzoo plot KIND INPUT… --out FILE`. The image (and `data_out`) follow the
+    writer rule: never over an input, an existing file only with `force`."""
     inputs = list(inputs)
+    check_output(out, inputs=tuple(inputs), force=force, kind="--out")
+    if data_out is not None:
+        check_output(data_out, inputs=tuple(inputs), force=force, kind="--data")
     arity = {"layers": 1, "structure": 1, "curves": 1, "attack": 1, "compare": 2}
     if kind not in KINDS:
         raise ConfigError(f"unknown plot kind {kind!r}; choose from {', '.join(KINDS)}")

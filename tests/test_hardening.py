@@ -247,8 +247,10 @@ def test_disk_full_is_one_line_and_keeps_the_old_file(ws, tmp_path, monkeypatch,
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "fsync", full)
-    rc = main(["eval", str(ws["root"] / "ckpt.safetensors"), "--clean-only", "--data-dir", str(ws["data"]),
-               "--device", "cpu", "--out", str(out)])
+    args = ["eval", str(ws["root"] / "ckpt.safetensors"), "--clean-only", "--data-dir", str(ws["data"]),
+            "--device", "cpu", "--out", str(out)]
+    assert main(args) == 2 and "exists; pass --force" in capsys.readouterr().err  # the writer rule first
+    rc = main(args + ["--force"])
     err = capsys.readouterr().err
     assert rc == 1 and err.count("\n") == 1, err
     assert err.startswith(f"error: {out}: No space left on device; nothing was corrupted"), err

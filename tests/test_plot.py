@@ -553,3 +553,21 @@ def test_attack_names_pgd_with_its_steps(run, tmp_path):
     assert F.attack_data(run["root"] / "results.json")["attack_label"] == "AutoAttack standard"
     custom = {**r, "attack": {**r["attack"], "version": "custom", "attacks": ["apgd-ce"]}, "robust_acc_after": {"apgd-ce": 0.25}}
     assert F.attack_data(custom)["attack_label"] == "AutoAttack custom (apgd-ce)"
+
+
+def test_plot_follows_the_writer_rule(run, tmp_path, monkeypatch, capsys):
+    """An existing image is replaced only with --force; an input is never an output."""
+    monkeypatch.chdir(run["root"])
+    out = tmp_path / "l.png"
+    assert main(["plot", "layers", "model.safetensors", "--out", str(out)]) == 0
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert main(["plot", "layers", "model.safetensors", "--out", str(out), "--p", "0,1"]) == 2
+    assert "exists; pass --force" in capsys.readouterr().err and out.read_bytes() == before
+    assert main(["plot", "layers", "model.safetensors", "--out", str(out), "--p", "0,1", "--force"]) == 0
+    assert out.read_bytes() != before
+    capsys.readouterr()
+    results = run["root"] / "results.json"
+    text = results.read_text()
+    assert main(["plot", "attack", "results.json", "--out", str(out), "--data", "results.json", "--force"]) == 2
+    assert "is the input file" in capsys.readouterr().err and results.read_text() == text

@@ -117,6 +117,7 @@ def eval_cmd(
     state: Annotated[Optional[Path], typer.Option(help="Resume-state folder (default: $RBZOO_HOME/eval-state/<key of the "
                                                         "evaluation>: the same command resumes, with or without --out).")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Discard any saved state and start over.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file.")] = False,
     numerics: Annotated[str, typer.Option("--numerics", help="Clean-pass numerics: verify (float32, TF32 off; the "
                                           "reference), fast (TF32) or bf16; recorded with the certificate.")] = "verify",
 ) -> None:
@@ -130,7 +131,7 @@ def eval_cmd(
         clean_only=clean_only, norm=norm, eps=eps, version=version,
         attacks=[a for a in attacks.split(",") if a.strip()] if attacks else None, pgd_steps=pgd, alpha=alpha,
         seed=seed, chunk_size=chunk_size, n_iter=n_iter, n_restarts=n_restarts, n_queries=n_queries,
-        out=out, state=state, fresh=fresh, numerics=numerics,
+        out=out, state=state, fresh=fresh, numerics=numerics, force=force,
     )
     if not clean_only:  # the attack saves each finished chunk: the same command continues from there
         resume_hint(same_command())

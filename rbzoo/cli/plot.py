@@ -23,12 +23,14 @@ def plot(
     p: Annotated[Optional[str], typer.Option("--p", help="layers: p values to overlay, e.g. 0.0,0.5,1.0 (the default).")] = None,
     trials: Annotated[int, typer.Option("--trials", help="structure: random placements for the baseline.")] = 100,
     seed: Annotated[int, typer.Option("--seed", help="structure: seed of the random placements.")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing image (and --data file).")] = False,
 ) -> None:
     """Draw a figure: per-layer allocation, mask structure, training curves, attack stages, zoo, or mask overlap."""
     names = [n for item in layers or [] for n in item.split(",") if n.strip()] or None
     from .. import plot as rb_plot  # matplotlib costs ~0.6 s to import: only when plotting
 
-    result = rb_plot.plot(kind, inputs, out, data_out=data, layers=names, ps=p, trials=trials, seed=seed)
+    result = rb_plot.plot(kind, inputs, out, data_out=data, layers=names, ps=p, trials=trials, seed=seed,
+                            force=force)
     for s in result.get("skipped", []):
         err_console.print(f"warning: {s['path']}: {s['reason']}; left out", highlight=False, soft_wrap=True)
     console.print(f"wrote {out}" + (f" and {data}" if data else ""), highlight=False)
