@@ -30,11 +30,10 @@ from .checkpoint import build, checkpoint_dataset, read
 from .constants import cards_dir as default_cards_dir
 from .constants import rbzoo_home
 from .convert import convert_official
-from .data import get_dataset
-from .errors import ConfigError, DataError, HubError, RbzooError, VerificationError
+from .errors import ConfigError, HubError, RbzooError, VerificationError
 from .exact import TAU, Certificate, Verdict, check_profile, clean_accuracy, compare, compare_count
 from .fetch import download
-from .hub import CARD_FILE, RESULTS_FILE, fetch_hub
+from .hub import CARD_FILE, RESULTS_FILE, fetch_hub, load_test_split
 from .verified import registry_entries
 from .verified import registry_key as _key
 from .verified import registry_put as _registry_put
@@ -318,7 +317,7 @@ def _verify(f: _Fetched, out: PullResult, ck, *, data_dir, device: str, numerics
             progress: Progress | None, base: dict) -> PullResult:
     card, exp, label = f.card, f.card.expected, out.label
     hint = f"rerun `rbzoo pull {f.spec} --data-dir DIR`, or skip the check with --no-verify"
-    ds, indices = _test_set(card.dataset, data_dir, exp["n_examples"], f"verify {card.name}", hint)
+    ds, indices = load_test_split(card.dataset, data_dir, exp["n_examples"], f"verify {card.name}", hint)
     total = len(ds) if indices is None else len(indices)
     clean = clean_accuracy(build(ck, device), ds, indices=indices, device=device, profile=numerics,
                            progress=progress(f"verifying {card.name}", total) if progress else None)
@@ -357,17 +356,6 @@ def maintainer_block(model_digest: str, clean) -> dict:
 
 def out_key(out: PullResult) -> str:
     return _key(out.repo_id, out.revision, out.sha256)
-
-
-def _test_set(dataset: str, data_dir, n: int | None, what: str, spec_hint: str):
-    """The test split and the indices evaluated (all, or the first `n`); DataError says how to get it."""
-    try:
-        ds = get_dataset(dataset, "test", data_dir)
-    except DataError as e:
-        raise DataError(f"cannot {what}: {e}; then {spec_hint}") from None
-    if n is not None and n > len(ds):
-        raise DataError(f"cannot {what}: it needs {n} {dataset} test samples, your copy has {len(ds)}")
-    return ds, (None if n is None or n == len(ds) else range(n))
 
 
 def _now() -> str:
