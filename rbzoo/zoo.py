@@ -404,7 +404,8 @@ def pull(spec: str, *, data_dir: str | Path | None = None, verify: bool = True, 
             "path": str(f.path), "expected": f.card.expected}
     rec = registry_entries().get(out_key(out))
     if rec and rec.get("status") == "verified" and rec.get("expected") == f.card.expected and rec.get(
-            "model_digest") == ck.digest and not (strict and rec.get("verdict") != "exact") and not write_card:
+            "model_digest") == ck.digest and rec.get("profile") == numerics \
+            and not (strict and rec.get("verdict") != "exact") and not write_card:
         out.status, out.verdict, out.message = "cached", rec.get("verdict"), rec.get("message", "")
         out.clean_correct, out.n_examples = rec["clean_correct"], rec["n_examples"]
         return out
