@@ -329,7 +329,7 @@ CERTIFICATE_VERSION = 1
 MAX_CERT_SAMPLES = 2_000_000  # above any test split (ImageNet's validation set: 50,000)
 MAX_CLASSES = 1 << 16
 _CERT_KEYS = {"rbzoo_certificate", "n", "num_classes", "profile", "tau", "label_bits", "labels", "labels_sha256",
-              "margins", "margins_dtype"}
+              "margins", "margins_dtype", "near_ties"}
 
 
 def _bad(what: str) -> VerificationError:
@@ -394,7 +394,9 @@ class Certificate:
                 "labels": base64.b64encode(pack_uint(self.labels, bits)).decode("ascii"),
                 "labels_sha256": self.labels_sha256,
                 "margins": base64.b64encode(self.margins.astype("<f2").tobytes()).decode("ascii"),
-                "margins_dtype": "float16"}
+                "margins_dtype": "float16",
+                # Redundant with margins and τ, stated so a reader sees which samples may differ.
+                "near_ties": [int(i) for i in self.near_ties()]}
 
     @classmethod
     def from_json(cls, d: object, *, max_n: int = MAX_CERT_SAMPLES) -> Certificate:
@@ -425,7 +427,11 @@ class Certificate:
         if predictions_digest(labels) != d["labels_sha256"]:
             raise _bad("labels do not match labels_sha256")
         margins = np.frombuffer(_b64(d, "margins", 2 * n), dtype="<f2").astype(np.float32)
-        return cls(n, classes, labels, margins, d["tau"], d["profile"])
+        cert = cls(n, classes, labels, margins, d["tau"], d["profile"])
+        near = d["near_ties"]
+        if not isinstance(near, list) or len(near) > n or near != cert.near_ties().tolist():
+            raise _bad("near_ties must list exactly the samples whose margin is below tau")
+        return cert
 
 
 def _int(d: dict, key: str, lo: int, hi: int) -> int:

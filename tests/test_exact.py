@@ -339,3 +339,13 @@ def test_one_changed_bn_value_fails(digits_model, probe_set):
     assert v.status == "failed" and len(v.outside) >= 5
     assert (ref.labels[v.outside] == 3).all() and v.message().startswith("failed: ")
     assert compare(ref, new, profile="bf16").status == "failed"  # even under the widest τ
+
+
+def test_certificate_states_its_near_ties_and_a_tampered_list_is_refused():
+    margins = np.array([0.5, 5e-5, 0.2, 9e-5, 1e-3], dtype=np.float32)
+    cert = Certificate(5, 10, np.array([1, 2, 3, 4, 5]), margins, 1e-4, "verify")
+    d = cert.to_json()
+    assert d["near_ties"] == [1, 3] and Certificate.from_json(d).near_ties().tolist() == [1, 3]
+    for bad in ([1], [1, 3, 4], "1,3", [1, 3] * 10):
+        with pytest.raises(VerificationError, match="near_ties"):
+            Certificate.from_json(dict(d, near_ties=bad))
