@@ -5,6 +5,8 @@ import hashlib
 import io
 import json
 import os
+import random
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -152,35 +154,155 @@ def test_extra_class_folder_fails_verification(imagenet, tmp_path):
         inet.build_imagenet100(imagenet, tmp_path)
 
 
-def test_build_from_tree_with_extra_classes_and_flat_val(tmp_path):
-    """An ILSVRC2012-like tree: 103 classes in train/, the 50 000-style flat val/. The builder first
-    asks for per-class val folders (and writes nothing); after the valprep step it copies exactly the
-    100 listed classes to OUT/imagenet100/{train,val}/<wnid>/<file>, byte for byte."""
-    root, blob = tmp_path / "ILSVRC2012", _jpeg((10, 200, 30))
-    extra = OTHER + ["n04592741"]
-    owner = {}  # flat val file -> its class (what valprep.sh / LOC_val_solution.csv say)
-    for c, w in enumerate(extra[:1] + WNIDS + extra[1:]):  # extra classes sort among the listed ones
+EXTRA = OTHER + ["n04592741"]
+
+
+def _flat_tree(root, blob):
+    """An ILSVRC2012-like tree: 103 classes in train/ (extra ones sorting among the listed), and the
+    flat val/ of ILSVRC2012_val_<n>.JPEG with classes interleaved as in the real one. Returns the
+    val file → WNID map (what valprep.sh and LOC_val_solution.csv encode)."""
+    every = EXTRA[:1] + WNIDS + EXTRA[1:]
+    slots = []
+    for c, w in enumerate(every):
         (root / "train" / w).mkdir(parents=True)
         for i in range(1 + c % 2):
             (root / "train" / w / f"{w}_{i}.JPEG").write_bytes(blob + bytes([c % 251, i]))
-        name = f"ILSVRC2012_val_{c + 1:08d}.JPEG"
-        owner[name] = w
-        (root / "val").mkdir(exist_ok=True)
-        (root / "val" / name).write_bytes(blob + bytes([c % 251]))
-    out = tmp_path / "data"
-    with pytest.raises(DataError, match="flat ILSVRC2012 layout"):
-        inet.build_imagenet100(root, out)
-    assert not out.exists()
-    for name, w in owner.items():  # valprep: move each val image into its class folder
-        (root / "val" / w).mkdir(exist_ok=True)
-        os.replace(root / "val" / name, root / "val" / w / name)
-    res = inet.build_imagenet100(root, out, workers=2)
-    dest = out / "imagenet100"
+        slots += [w] * (1 + (c + 1) % 2)
+    random.Random(0).shuffle(slots)
+    (root / "val").mkdir()
+    owner = {}
+    for n, w in enumerate(slots, 1):
+        owner[f"ILSVRC2012_val_{n:08d}.JPEG"] = w
+        (root / "val" / f"ILSVRC2012_val_{n:08d}.JPEG").write_bytes(blob + bytes([n % 251, 7]))
+    return owner
+
+
+def _kaggle_csv(owner):
+    rows = [f"{name[:-5]},{w} 10 20 30 40 {w} 1 2 3 4 " if i % 2 else f"{name[:-5]},{w} 5 6 7 8"
+            for i, (name, w) in enumerate(sorted(owner.items(), reverse=True))]
+    return "ImageId,PredictionString\n" + "\n".join(rows) + "\n"
+
+
+def _check_subset(dest, root, owner):
+    """OUT/imagenet100/{train,val}/<wnid>/<file> holds exactly the listed classes' files, byte for byte."""
     assert sorted(p.name for p in dest.iterdir()) == ["manifest.json", "train", "val"]
     for split in ("train", "val"):
         assert sorted(p.name for p in (dest / split).iterdir()) == WNIDS
-        copied = {p.relative_to(dest / split): p.read_bytes() for p in (dest / split).rglob("*") if p.is_file()}
-        source = {p.relative_to(root / split): p.read_bytes() for w in WNIDS for p in (root / split / w).iterdir()}
-        assert copied == source  # the same relative paths, the same bytes, nothing else
-    assert res.total == len(WNIDS) + sum(1 + (c + 1) % 2 for c in range(100)) == res.written
-    assert json.loads((dest / "manifest.json").read_text())["classes_sha256"] == inet.CLASSES_SHA256
+    copied = {p.relative_to(dest / "train"): p.read_bytes() for p in (dest / "train").rglob("*") if p.is_file()}
+    assert copied == {p.relative_to(root / "train"): p.read_bytes() for w in WNIDS for p in (root / "train" / w).iterdir()}
+    copied = {p.relative_to(dest / "val"): p.read_bytes() for p in (dest / "val").rglob("*") if p.is_file()}
+    flat = root / "val"
+    assert copied == {Path(w) / n: (flat / n).read_bytes() if (flat / n).exists() else (flat / w / n).read_bytes()
+                      for n, w in owner.items() if w in WNIDS}
+
+
+def test_build_from_kaggle_tree_with_extra_classes_and_flat_val(tmp_path):
+    """Kaggle's layout (ILSVRC/Data/CLS-LOC/{train,val} beside LOC_val_solution.csv), flat val/:
+    the labels are found by themselves and exactly the 100 listed classes are copied. After the
+    valprep step (per-class val/) the build gives the same tree."""
+    top, blob = tmp_path / "imagenet-object-localization-challenge", _jpeg((10, 200, 30))
+    root = top / "ILSVRC" / "Data" / "CLS-LOC"
+    owner = _flat_tree(root, blob)
+    (top / "LOC_val_solution.csv").write_text(_kaggle_csv(owner))
+    out = tmp_path / "data"
+    res = inet.build_imagenet100(top, out, workers=2)
+    dest = out / "imagenet100"
+    _check_subset(dest, root, owner)
+    n_val = sum(1 + (c + 1) % 2 for c in range(1, 101))  # the listed classes sit at 1..100 in the tree
+    assert res.counts["val"] == {w: sum(v == w for v in owner.values()) for w in WNIDS}
+    assert res.total == res.written == sum(1 + c % 2 for c in range(1, 101)) + n_val
+    assert res.warnings and "50 ILSVRC2012 validation images" in res.warnings[0]
+    manifest = json.loads((dest / "manifest.json").read_text())
+    assert manifest["classes_sha256"] == inet.CLASSES_SHA256
+    assert manifest["val_layout"] == "flat" and manifest["val_labels"] == str((top / "LOC_val_solution.csv").resolve())
+    assert manifest["val_labels_sha256"] == hashlib.sha256((top / "LOC_val_solution.csv").read_bytes()).hexdigest()
+    assert manifest["counts"] == {"train": res.total - n_val, "val": n_val}
+    again = inet.build_imagenet100(top, out)
+    assert again.written == 0 and again.skipped == res.total
+    for name, w in owner.items():  # valprep: move each val image into its class folder
+        (root / "val" / w).mkdir(exist_ok=True)
+        os.replace(root / "val" / name, root / "val" / w / name)
+    res2 = inet.build_imagenet100(top, tmp_path / "data2")
+    _check_subset(tmp_path / "data2" / "imagenet100", root, owner)
+    assert res2.counts == res.counts
+    manifest = json.loads((tmp_path / "data2" / "imagenet100" / "manifest.json").read_text())
+    assert manifest["val_layout"] == "per-class" and manifest["val_labels"] is None
+
+
+def test_cli_flat_val_with_plain_labels_file(tmp_path, capsys):
+    """"<file name> <wnid>" lines (what valprep.sh encodes) given with --val-labels."""
+    root = tmp_path / "ILSVRC2012"
+    owner = _flat_tree(root, _jpeg((90, 30, 200)))
+    labels = tmp_path / "val_labels.txt"
+    labels.write_text("".join(f"{n} {w}\n" for n, w in sorted(owner.items())))
+    out = tmp_path / "data"
+    argv = ["data", "imagenet100", "--imagenet", str(root), "--out", str(out), "--link", "sym"]
+    assert main(argv + ["--val-labels", str(labels)]) == 0
+    text = capsys.readouterr().out
+    n_val = sum(w in WNIDS for w in owner.values())
+    assert f"val {n_val}" in text and "flat val/" in text and "verified" in text
+    _check_subset(out / "imagenet100", root, owner)
+    some = next(n for n, w in owner.items() if w == WNIDS[0])
+    assert os.readlink(out / "imagenet100" / "val" / WNIDS[0] / some) == str((root / "val" / some).resolve())
+    manifest = json.loads((out / "imagenet100" / "manifest.json").read_text())
+    assert manifest["val_layout"] == "flat" and manifest["val_labels"] == str(labels.resolve())
+    assert len(get_dataset("imagenet100", "test", out)) == n_val
+
+
+def test_malformed_val_labels_fail_in_one_line_and_write_nothing(tmp_path, capsys):
+    root = tmp_path / "ILSVRC2012"
+    owner = _flat_tree(root, _jpeg((1, 2, 3)))
+    good = [f"{n} {w}" for n, w in sorted(owner.items())]
+    first = good[0].split()[0]
+    bad = {
+        "malformed row": [good[0].split()[0]] + good[1:],  # no WNID
+        "malformed row ": [f"{first} n0144"] + good[1:],  # not a WNID
+        "malformed row  ": [f"../{first} {owner[first]}"] + good[1:],  # a path, not a file name
+        "listed twice": good + [good[0]],
+        "not in the validation labels": good[1:],  # an image of val/ with no label
+    }
+    labels = tmp_path / "labels.txt"
+    out = tmp_path / "out"
+    for why, lines in bad.items():
+        labels.write_text("\n".join(lines) + "\n")
+        with pytest.raises(DataError, match=why.strip()) as e:
+            inet.build_imagenet100(root, out, val_labels=labels)
+        assert "\n" not in str(e.value)
+    kaggle = _kaggle_csv(owner).splitlines()
+    for why, lines in {"malformed row": kaggle[:1] + [kaggle[1].split(",")[0]] + kaggle[2:],  # no comma
+                       "malformed row ": kaggle[:1] + [kaggle[1] + " 9"] + kaggle[2:],  # a 6-token box
+                       "malformed row  ": kaggle[:1] + [kaggle[1].replace(" 10 ", " x ", 1).replace(" 5 ", " x ", 1)]
+                       + kaggle[2:]}.items():
+        labels.write_text("\n".join(lines) + "\n")
+        with pytest.raises(DataError, match=why.strip()):
+            inet.build_imagenet100(root, out, val_labels=labels)
+    with open(labels, "wb") as f:  # a sparse file just over the bound
+        f.truncate(inet.MAX_VAL_LABELS_BYTES + 1)
+    with pytest.raises(DataError, match="over 16 MiB"):
+        inet.build_imagenet100(root, out, val_labels=labels)
+    # Found by itself at the ImageNet root, and broken: the CLI says so in one line.
+    (root / "LOC_val_solution.csv").write_text(_kaggle_csv(owner).replace(",n0", ",x0", 1))
+    assert main(["data", "imagenet100", "--imagenet", str(root), "--out", str(out)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "LOC_val_solution.csv:2: malformed row" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_flat_val_without_labels_says_what_was_looked_for(tmp_path, capsys):
+    top = tmp_path / "kaggle"
+    root = top / "ILSVRC" / "Data" / "CLS-LOC"
+    _flat_tree(root, _jpeg((4, 5, 6)))
+    out = tmp_path / "out"
+    assert main(["data", "imagenet100", "--imagenet", str(top), "--out", str(out)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "flat ILSVRC2012 layout" in err
+    for words in (str(root.resolve() / "LOC_val_solution.csv"), str(top.resolve() / "LOC_val_solution.csv"),
+                  "--val-labels", "valprep.sh"):
+        assert words in err
+    assert not out.exists()
+    # --val-labels is for a flat val/ only
+    (root / "val" / WNIDS[0]).mkdir()
+    (tmp_path / "l.txt").write_text("ILSVRC2012_val_00000001.JPEG n01440764\n")
+    with pytest.raises(DataError, match="per-class folders: validation labels"):
+        inet.build_imagenet100(top, out, val_labels=tmp_path / "l.txt")
+    assert not out.exists()

@@ -16,10 +16,13 @@ app.add_typer(data_app, name="data")
 
 @data_app.command("imagenet100")
 def imagenet100(
-    imagenet: Annotated[Path, typer.Option("--imagenet", help="ImageNet root with train/<wnid>/ and val/<wnid>/ folders.")],
+    imagenet: Annotated[Path, typer.Option("--imagenet", help="ImageNet root (or the Kaggle layout's top) with train/<wnid>/ and val/, per-class or flat.")],
     out: Annotated[Path, typer.Option("--out", help="Data folder: the subset goes to OUT/imagenet100/{train,val} (use it as --data-dir).")],
     link: Annotated[str, typer.Option("--link", help="copy (default), hard (hard links) or sym (symbolic links).")] = "copy",
     classes: Annotated[Optional[Path], typer.Option("--classes", help="A custom class list (one WNID per line) instead of the shipped one.")] = None,
+    val_labels: Annotated[Optional[Path], typer.Option(
+        "--val-labels", help="Labels of a flat val/: Kaggle's LOC_val_solution.csv (found by itself at the root or "
+                             "the Kaggle top) or '<file name> <wnid>' lines.")] = None,
     workers: Annotated[int, typer.Option("--workers", help="Parallel file operations.")] = 8,
 ) -> None:
     """Build ImageNet100 (docs/method.md §8: Continuum's class list, pinned) by copying or linking the
@@ -29,9 +32,12 @@ def imagenet100(
     with Progress(TextColumn("imagenet100"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, disable=not console.is_terminal, transient=True) as bar:
         task = bar.add_task("files", total=None)
-        result = inet.build_imagenet100(imagenet, out, link=link, classes=classes, workers=workers,
+        result = inet.build_imagenet100(imagenet, out, link=link, classes=classes, val_labels=val_labels,
+                                        workers=workers,
                                         progress=lambda done, total: bar.update(task, completed=done, total=total))
     n = result.counts
+    if result.val_labels is not None:
+        console.print(f"flat val/: classes from {result.val_labels}", highlight=False)
     console.print(f"imagenet100 → {result.out}: {len(result.classes)} classes, "
                   f"train {sum(n['train'].values()):,} / val {sum(n['val'].values()):,} images "
                   f"({result.written:,} {'copied' if link == 'copy' else 'linked'}, {result.skipped:,} already in place); verified")

@@ -7,6 +7,11 @@ rbzoo ships them in `imagenet100_classes.txt` (its header records this provenanc
 SHA-256 of its WNID lines and verified on every use.
 Training labels come from `ImageFolder` (sorted WNIDs), so the label column is never needed.
 
+`val/` may hold per-class folders (`val/<wnid>/<file>`, what valprep.sh makes) or be ILSVRC2012's
+flat folder of 50 000 `ILSVRC2012_val_*.JPEG`, whose classes then come from a labels file: Kaggle's
+`LOC_val_solution.csv` (found by itself at the ImageNet root or the Kaggle layout's top) or any
+file given as `val_labels` (that CSV, or "<file name> <wnid>" lines as valprep.sh encodes them).
+
 The result is `OUT/imagenet100/{train,val}/<wnid>/<file>`, what `rbzoo.data.get_dataset(
 "imagenet100", …, data_dir=OUT)` reads. Files are copied (or hard/sym-linked) one by one,
 atomically (temporary name, then rename), so an interrupted build resumes where it stopped and
@@ -39,6 +44,9 @@ _WNID = re.compile(r"^n\d{8}$")
 _IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 VALPREP_HINT = ("put val/ in per-class folders first (val/<wnid>/ILSVRC2012_val_*.JPEG), e.g. with "
                 "https://raw.githubusercontent.com/soumith/imagenetloader.torch/master/valprep.sh")
+KAGGLE_VAL_LABELS = "LOC_val_solution.csv"
+KAGGLE_HEADER = "ImageId,PredictionString"
+MAX_VAL_LABELS_BYTES = 16 << 20  # Kaggle's file is a few MiB; a bigger one is not a labels file
 
 
 def wnids_sha256(wnids: list[str]) -> str:
@@ -81,6 +89,7 @@ class BuildResult:
     written: int = 0
     skipped: int = 0
     warnings: list[str] = field(default_factory=list)
+    val_labels: Path | None = None  # the labels file a flat val/ was read with
 
     @property
     def total(self) -> int:
@@ -95,7 +104,76 @@ def find_imagenet_root(root: str | os.PathLike) -> Path:
     for cand in (root, root / "ILSVRC" / "Data" / "CLS-LOC"):
         if (cand / "train").is_dir() and (cand / "val").is_dir():
             return cand
-    raise DataError(f"{root} is not an ImageNet root: expected train/<wnid>/*.JPEG and val/<wnid>/*.JPEG folders")
+    raise DataError(f"{root} is not an ImageNet root: expected train/<wnid>/*.JPEG and val/ folders")
+
+
+def val_labels_candidates(imagenet: str | os.PathLike, root: Path) -> list[Path]:
+    """Where Kaggle's validation labels are looked for: the ImageNet root, then the Kaggle top."""
+    cands = [root / KAGGLE_VAL_LABELS, Path(imagenet).expanduser().resolve() / KAGGLE_VAL_LABELS]
+    return list(dict.fromkeys(cands))
+
+
+def _image_key(name: str) -> str:
+    """Kaggle names validation images without their suffix; match on the stem."""
+    return name[: -len(Path(name).suffix)] if name.lower().endswith(_IMAGE_SUFFIXES) else name
+
+
+def _label_row(line: str, kaggle: bool) -> tuple[str, str] | None:
+    """(image name, WNID) of one labels line, or None if it is malformed."""
+    if kaggle:
+        image, sep, pred = line.partition(",")
+        tokens = pred.split()
+        # "wnid x y x y" per box; every box of a validation image names the same class.
+        if not sep or not tokens or len(tokens) % 5 or len(set(tokens[0::5])) != 1 \
+                or not all(t.isdigit() for i, t in enumerate(tokens) if i % 5):
+            return None
+        wnid = tokens[0]
+    else:
+        fields = line.split()
+        if len(fields) != 2:
+            return None
+        image, wnid = fields
+    if not _WNID.match(wnid) or not image or "/" in image or "\\" in image or image.startswith("."):
+        return None
+    return image, wnid
+
+
+def read_val_labels(path: str | os.PathLike) -> dict[str, str]:
+    """Validation image (name without suffix) → WNID, from Kaggle's LOC_val_solution.csv (told
+    apart by its header) or "<file name> <wnid>" lines. Strict: any bad row fails."""
+    return _read_val_labels(path)[0]
+
+
+def _read_val_labels(path: str | os.PathLike) -> tuple[dict[str, str], str]:
+    """read_val_labels and the SHA-256 of the bytes it parsed."""
+    p = Path(path).expanduser()
+    try:
+        with open(p, "rb") as f:
+            data = f.read(MAX_VAL_LABELS_BYTES + 1)
+    except OSError as e:
+        raise DataError(f"cannot read validation labels {p}: {e.strerror or e}") from None
+    if len(data) > MAX_VAL_LABELS_BYTES:
+        raise DataError(f"{p} is over {MAX_VAL_LABELS_BYTES >> 20} MiB: not a validation labels file")
+    try:
+        lines = data.decode("utf-8-sig").splitlines()  # a BOM would hide the header
+    except UnicodeDecodeError:
+        raise DataError(f"{p} is not UTF-8 text: not a validation labels file") from None
+    kaggle = bool(lines) and lines[0].strip() == KAGGLE_HEADER
+    labels: dict[str, str] = {}
+    for n, line in enumerate(lines[kaggle:], 1 + kaggle):
+        if not line.strip():
+            continue
+        row = _label_row(line.strip(), kaggle)
+        if row is None:
+            want = "ImageId,<wnid> x y x y ..." if kaggle else "<file name> <wnid>"
+            raise DataError(f"{p}:{n}: malformed row {line[:60]!r} (expected {want!r})")
+        key = _image_key(row[0])
+        if key in labels:
+            raise DataError(f"{p}:{n}: image {row[0]} is listed twice")
+        labels[key] = row[1]
+    if not labels:
+        raise DataError(f"{p} lists no validation images")
+    return labels, hashlib.sha256(data).hexdigest()
 
 
 def _images(folder: Path) -> list[str]:
@@ -104,26 +182,71 @@ def _images(folder: Path) -> list[str]:
                       and not e.name.startswith("."))
 
 
-def plan(root: Path, classes: list[str]) -> dict[str, dict[str, list[str]]]:
-    """File names per split and class in the source tree; checks the layout first."""
+@dataclass
+class Plan:
+    """Source files per split and class, and how val/ was read (for the manifest)."""
+
+    files: dict[str, dict[str, list[Path]]]
+    val_layout: str  # "per-class" or "flat"
+    val_labels: Path | None = None
+    val_labels_sha256: str | None = None
+
+
+def _flat_val(val: Path, classes: list[str], labels: dict[str, str], labels_file: Path) -> dict[str, list[Path]]:
+    """The listed classes' images of a flat val/, by the labels file's WNIDs."""
+    wanted: dict[str, list[Path]] = {w: [] for w in classes}
+    for name in _images(val):
+        wnid = labels.get(_image_key(name))
+        if wnid is None:
+            raise DataError(f"{val / name} is not in the validation labels {labels_file}")
+        if wnid in wanted:
+            wanted[wnid].append(val / name)
+    empty = [w for w, files in wanted.items() if not files]
+    if empty:
+        raise DataError(f"{labels_file} gives no image in {val} to {len(empty)} ImageNet100 classes (e.g. {empty[0]})")
+    return wanted
+
+
+def _val_layout(val: Path, classes: list[str]) -> str:
+    if any((val / w).is_dir() for w in classes):
+        return "per-class"
+    with os.scandir(val) as it:
+        flat = any(e.is_file() and e.name.lower().endswith(_IMAGE_SUFFIXES) for e in it)
+    return "flat" if flat else "per-class"  # an empty val/ fails as per-class, naming the classes
+
+
+def plan(root: Path, classes: list[str], val_labels: Path | None = None,
+         candidates: list[Path] = ()) -> Plan:
+    """Source files per split and class; checks the layout (and reads val labels) first.
+
+    A flat val/ takes its labels from `val_labels`, else from the first existing `candidates`."""
     val = root / "val"
-    if not any((val / w).is_dir() for w in classes):
-        with os.scandir(val) as it:
-            flat = any(e.is_file() and e.name.startswith("ILSVRC2012_val_") for e in it)
-        if flat:
-            raise DataError(f"{val} is the flat ILSVRC2012 layout: {VALPREP_HINT}")
-    out: dict[str, dict[str, list[str]]] = {}
+    layout = _val_layout(val, classes)
+    if layout == "per-class" and val_labels is not None:
+        raise DataError(f"{val} has per-class folders: validation labels {val_labels} are for a flat val/ only")
+    if layout == "flat" and val_labels is None:
+        val_labels = next((c for c in candidates if c.is_file()), None)
+        if val_labels is None:
+            looked = ", ".join(str(c) for c in candidates) or "nothing"
+            raise DataError(f"{val} is the flat ILSVRC2012 layout and has no validation labels (looked for {looked}): "
+                            f"give one with --val-labels FILE ({KAGGLE_VAL_LABELS} or '<file name> <wnid>' lines), "
+                            f"or {VALPREP_HINT}")
+    labels, digest = _read_val_labels(val_labels) if layout == "flat" else ({}, None)
+    out: dict[str, dict[str, list[Path]]] = {}
     for split in SPLITS:
+        if split == "val" and layout == "flat":
+            out[split] = _flat_val(val, classes, labels, val_labels)
+            continue
         missing = [w for w in classes if not (root / split / w).is_dir()]
         if missing:
             more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
             raise DataError(f"{root / split} lacks {len(missing)} of the {len(classes)} ImageNet100 classes "
                             f"({', '.join(missing[:3])}{more})")
-        out[split] = {w: _images(root / split / w) for w in classes}
+        out[split] = {w: [root / split / w / n for n in _images(root / split / w)] for w in classes}
         empty = [w for w, files in out[split].items() if not files]
         if empty:
             raise DataError(f"{root / split / empty[0]} has no images ({len(empty)} empty class folders in {split}/)")
-    return out
+    return Plan(out, layout, val_labels, digest)
 
 
 def _complete(src: Path, dst: Path, mode: str) -> bool:
@@ -176,13 +299,15 @@ def build_imagenet100(
     *,
     link: str = "copy",
     classes: str | os.PathLike | None = None,
+    val_labels: str | os.PathLike | None = None,
     workers: int = 8,
     progress: Callable[[int, int], None] | None = None,
 ) -> BuildResult:
     """Create OUT/imagenet100/{train,val}/<wnid>/ from the ImageNet root `imagenet`.
 
     `link` is "copy" (default), "hard" or "sym" (absolute symlinks). `classes` overrides the
-    shipped class list. Resumable: files already in place are skipped. `progress(done, total)` is
+    shipped class list. `val_labels` names the labels of a flat val/ (else LOC_val_solution.csv is
+    looked for). Resumable: files already in place are skipped. `progress(done, total)` is
     called as files are processed. The finished tree is verified (exactly the listed classes,
     every file present) and described in OUT/imagenet100/manifest.json.
     """
@@ -190,7 +315,8 @@ def build_imagenet100(
         raise DataError(f"unknown link mode {link!r} ({', '.join(LINK_MODES)})")
     wnids = class_list(classes)
     root = find_imagenet_root(imagenet).resolve()
-    files = plan(root, wnids)
+    labels = Path(val_labels).expanduser().resolve() if val_labels is not None else None
+    todo = plan(root, wnids, labels, val_labels_candidates(imagenet, root))
     dest = Path(out).expanduser() / "imagenet100"
     if dest.resolve() == root or root in dest.resolve().parents:
         raise DataError(f"output {dest} is inside the ImageNet root {root}")
@@ -200,8 +326,9 @@ def build_imagenet100(
             d = dest / split / w
             d.mkdir(parents=True, exist_ok=True)
             _clean_temporaries(d)
-            jobs += [(root / split / w / name, d / name) for name in files[split][w]]
-    result = BuildResult(dest, wnids, {s: {w: len(files[s][w]) for w in wnids} for s in SPLITS})
+            jobs += [(src, d / src.name) for src in todo.files[split][w]]
+    result = BuildResult(dest, wnids, {s: {w: len(todo.files[s][w]) for w in wnids} for s in SPLITS},
+                         val_labels=todo.val_labels)
     done = 0
     # Copying is I/O bound: threads overlap reads and writes. map() keeps order; on the first
     # failure (or Ctrl-C) the queued jobs are cancelled instead of each failing in turn.
@@ -222,16 +349,24 @@ def build_imagenet100(
     if short:
         result.warnings.append(f"{len(short)} classes do not have the {VAL_PER_CLASS} ILSVRC2012 validation images "
                                f"(e.g. {short[0]}: {result.counts['val'][short[0]]}); is the ImageNet copy complete?")
+    _write_manifest(dest, result, root, link, shipped=classes is None, todo=todo)
+    return result
+
+
+def _write_manifest(dest: Path, result: BuildResult, root: Path, link: str, *, shipped: bool, todo: Plan) -> None:
+    labels = todo.val_labels
     write_json(dest / "manifest.json", {
         "rbzoo_imagenet100": 1,
-        "classes_sha256": wnids_sha256(wnids),
-        "shipped_class_list": classes is None,
+        "classes_sha256": wnids_sha256(result.classes),
+        "shipped_class_list": shipped,
         "source": str(root),
         "link": link,
+        "val_layout": todo.val_layout,
+        "val_labels": str(labels) if labels is not None else None,
+        "val_labels_sha256": todo.val_labels_sha256,  # the labels that decided the val classes
         "counts": {s: sum(c.values()) for s, c in result.counts.items()},
         "per_class": result.counts,
     })
-    return result
 
 
 def verify(dest: str | os.PathLike, classes: list[str], counts: dict[str, dict[str, int]] | None = None) -> None:
