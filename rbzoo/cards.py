@@ -444,19 +444,17 @@ def _pull_spec(rb: dict) -> tuple[str, str]:
                       "(written by `rbzoo push --to`)")
 
 
-def card_body(meta: dict) -> str:
-    """The markdown body: what the model is, how to pull and evaluate it, its size, the citation."""
+def _card_rows(meta: dict, spec: str) -> list[tuple[str, str]]:
+    """The facts table of a card body: model, training, results, file sizes, provenance."""
     rb = meta["rbzoo"]
     exp, claimed, arch = rb["expected"], rb["claimed"], rb["arch"]
-    ds = DATASET_NAMES.get(rb["dataset"], rb["dataset"])
-    spec, where = _pull_spec(rb)
     rows = [("architecture", f"`{arch['id']}`, {arch['num_classes']} classes"
              + (", last-layer BatchNorm" if arch.get("end_with_bn") else "")),
             ("kept weights k, layer exponent p, score init a",
              f"{rb['keep']:g}, {'—' if rb['p'] is None else format(rb['p'], 'g')}, "
              f"{'—' if rb['score_init_scale'] is None else format(rb['score_init_scale'], 'g')}"),
             ("training objective", rb["objective"] or "—"),
-            ("clean accuracy (reproduced exactly by `rbzoo pull`)",
+            ("clean accuracy (re-checked by `rbzoo pull`)",
              f"{claimed['clean_acc']:.2f} % ({exp['clean_correct']:,} / {exp['n_examples']:,} test images)")]
     rargs = next((m.get("args") for m in meta["model-index"][0]["results"][0]["metrics"]
                   if m["type"] == "robust_accuracy"), None)
@@ -476,7 +474,15 @@ def card_body(meta: dict) -> str:
     if rb["source_url"]:
         rows.append(("converted from", f"<{rb['source_url']}>"
                      + (f" (SHA-256 `{rb['source_sha256']}`)" if rb["source_sha256"] else "")))
-    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    return rows
+
+
+def card_body(meta: dict) -> str:
+    """The markdown body: what the model is, how to pull and evaluate it, its size, the citation."""
+    rb = meta["rbzoo"]
+    ds, arch = DATASET_NAMES.get(rb["dataset"], rb["dataset"]), rb["arch"]
+    spec, where = _pull_spec(rb)
+    table = "\n".join(f"| {k} | {v} |" for k, v in _card_rows(meta, spec))
     return f"""
 # {rb['name']}
 
@@ -496,19 +502,21 @@ rbzoo is not on PyPI: install it from a checkout of its source repository{where}
 
 ```bash
 pip install -e .                    # in the rbzoo checkout
-rbzoo pull {spec} --data-dir data   # download, check SHA-256, reproduce the clean accuracy exactly
+rbzoo pull {spec} --data-dir data   # download, check SHA-256 and model digest, re-check the clean accuracy
 rbzoo eval {spec} --data-dir data   # AutoAttack robust accuracy
 ```
 
 ```python
 import rbzoo
-from rbzoo.hub import pull
+from rbzoo.zoo import pull
 
 model = rbzoo.load(pull("{spec}", verify=False).path)  # eval-mode network, folded ±1 weights
 ```
 
-`rbzoo pull` fails (non-zero exit) if the file's SHA-256 differs from this card or if the
-re-evaluated predictions differ from `rbzoo.expected` (it names the samples that disagree).
+`rbzoo pull` fails (exit 3) if the file's SHA-256 or model digest differs from this card, or if the
+re-evaluated predictions differ from `rbzoo.expected` beyond numerical near-ties (it names the
+samples). It says whether the check was *exact*, *within numerical tolerance* or, for a card
+without a per-sample certificate, *count only*.
 
 ## Citation
 
