@@ -109,7 +109,7 @@ def report(title: str, model: nn.Module, x: torch.Tensor) -> dict[str, dict]:
     m = relative_margins(ref)
     print(f"\n{title}: {len(x)} inputs; reference margins below 1e-4 / 1e-3 / 1e-2 / 2e-2 / 1e-1 / 0.25: "
           + " / ".join(str(int((m < t).sum())) for t in (1e-4, 1e-3, 1e-2, 2e-2, 1e-1, 0.25)))
-    print(f"| profile | max rel. logit dev. | max margin dev. D | D, 99.9 % | flips | max margin of a flip |")
+    print("| profile | max rel. logit dev. | max margin dev. D | D, 99.9 % | flips | max margin of a flip |")
     print("|---|---|---|---|---|---|")
     rows = {}
     for name, z in zs.items():
