@@ -67,16 +67,21 @@ def check_output(out: str | os.PathLike, *, inputs: tuple = (), force: bool = Fa
     """The one writer rule: never write over an input (even with --force), never replace an existing
     output without --force, never write a file where a folder is. Returns `out` as a Path."""
     out = Path(out)
-    for src in inputs:
-        if src is not None and Path(src).exists() and out.exists() and os.path.samefile(out, src):
-            raise OutputExistsError(f"{kind} {out} is the input file; choose another path (this is refused even with --force)")
-        if src is not None and Path(src).resolve() == out.resolve():
+    for src in (Path(s) for s in inputs if s is not None):
+        # resolve() catches symlinks and `..`; samefile also catches hard links
+        if src.resolve() == out.resolve() or (src.exists() and out.exists() and os.path.samefile(out, src)):
             raise OutputExistsError(f"{kind} {out} is the input file; choose another path (this is refused even with --force)")
     if out.is_dir():
         raise OutputExistsError(f"{kind} {out} is a folder; give a file path")
     if out.exists() and not force:
         raise OutputExistsError(f"{kind} {out} exists; pass --force to replace it")
     return out
+
+
+def canonical_json(obj) -> str:
+    """The one JSON spelling rbzoo hashes (docs/format.md §8): sorted keys, no spaces, ASCII only,
+    no NaN/Infinity. The same object always gives the same bytes."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 
 def file_sha256(path: str | os.PathLike, algorithm: str = "sha256") -> tuple[str, int]:

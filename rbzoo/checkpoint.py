@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import save as st_save
 
 from . import __version__
-from ._io import write_bytes
+from ._io import canonical_json, write_bytes
 from .codec import decode_mask, encode_mask, entropy_bound_bits, pack_bits
 from .errors import CheckpointError, CodecError
 from .layers import SubnetConv2d
@@ -45,12 +45,6 @@ def weights_digest(layers: list[tuple[np.ndarray, np.ndarray]]) -> str:
         h.update(pack_bits(mask))
         h.update(pack_bits(kept_signs))
     return h.hexdigest()
-
-
-def canonical_json(obj) -> str:
-    """The one JSON spelling rbzoo writes for `rbzoo.arch` (docs/format.md §8): sorted keys, no
-    spaces, ASCII only, no NaN/Infinity."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 
 def _field(h, data: bytes) -> None:
@@ -211,7 +205,6 @@ class Checkpoint:
     digest: str  # the whole-model digest, rbzoo.model_sha256 (docs/format.md §8)
     file_size: int
     weights_digest: str = ""  # rbzoo.weights_sha256: masks and signs only (format.md §5)
-    extra: dict = field(default_factory=dict)
 
     def meta_json(self, key: str, default=None):
         """A metadata value decoded from JSON (or `default` if absent)."""
@@ -239,12 +232,21 @@ def _shown(value, limit: int) -> str:
     return text[:limit].encode("unicode_escape").decode("ascii")
 
 
-def checkpoint_dataset(ckpt: Checkpoint) -> str | None:
+def dataset_name(metadata: dict[str, str]) -> str | None:
     """The dataset name recorded in `rbzoo.dataset` (a JSON object or a bare name), if any."""
-    value = ckpt.meta_json("rbzoo.dataset")
+    text = metadata.get("rbzoo.dataset")
+    try:
+        value = json.loads(text) if text else None
+    except (ValueError, RecursionError):
+        value = text  # a bare name
     if isinstance(value, dict):
         value = value.get("name")
     return value if isinstance(value, str) and value else None
+
+
+def checkpoint_dataset(ckpt: Checkpoint) -> str | None:
+    """:func:`dataset_name` of a checkpoint's metadata."""
+    return dataset_name(ckpt.metadata)
 
 
 def _strict_json(text: str, key: str):
@@ -261,10 +263,6 @@ def _strict_json(text: str, key: str):
         return json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constants)
     except (ValueError, TypeError, RecursionError) as e:  # ValueError also covers 5000-digit integers
         raise CheckpointError(f"metadata {key} is not valid JSON: {str(e).splitlines()[0][:120]}") from None
-
-
-def _json_meta(meta: dict, key: str):
-    return _strict_json(meta[key], key)
 
 
 def check_arch(arch) -> None:
@@ -355,7 +353,7 @@ def _read_header(meta: dict, path: Path) -> _Header:
         if not (text.isascii() and text.isdigit() and len(text) <= 20 and int(text) < 2**64 and str(int(text)) == text):
             raise CheckpointError(f"{path}: rbzoo.seed missing or out of range")
         seed = int(text)
-    declared = _json_meta(meta, "rbzoo.layers")
+    declared = _strict_json(meta["rbzoo.layers"], "rbzoo.layers")
     return _Header(arch, arch_json, mode, seed, declared)
 
 

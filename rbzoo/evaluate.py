@@ -105,7 +105,8 @@ class EvalConfig:
 
 
 def _check_config(config: EvalConfig, ckpt, path: Path):
-    """Every option checked against the checkpoint before anything runs: (dataset, spec, attack, out)."""
+    """Every option checked against the checkpoint before anything runs:
+    (dataset name, the dataset the checkpoint records, attack spec or None, --out path or None)."""
     recorded = checkpoint_dataset(ckpt)
     name = config.dataset or recorded
     if not name:

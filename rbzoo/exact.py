@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -25,7 +24,9 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ._io import canonical_json
 from .codec import pack_bits
+from .constants import NUMERICS_PROFILES
 from .errors import ConfigError, VerificationError
 
 # --- numerics profiles ---------------------------------------------------------------------------
@@ -37,7 +38,7 @@ PROFILE_DESCRIPTIONS = {
     "fast": "rbzoo-fast-v1: eval mode, folded weights, float32 with TF32 allowed, cuDNN benchmark on, fixed order",
     "bf16": "rbzoo-bf16-v1: eval mode, folded weights, autocast bfloat16 (TF32 allowed, cuDNN benchmark on), fixed order",
 }
-PROFILES = tuple(PROFILE_DESCRIPTIONS)
+PROFILES = NUMERICS_PROFILES  # named in constants so cards and the CLI need no torch
 DEFAULT_PROFILE = "verify"
 
 # Near-tie tolerance τ per profile: a sample may change its label between two evaluations only if
@@ -379,8 +380,7 @@ class Certificate:
     def digest(self) -> str:
         """SHA-256 of the canonical JSON of :meth:`to_json` (sorted keys, no spaces): what a card pins
         as `expected.certificate_sha256`. Independent of how the JSON was spelled when read."""
-        text = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-        return hashlib.sha256(text.encode("ascii")).hexdigest()
+        return hashlib.sha256(canonical_json(self.to_json()).encode("ascii")).hexdigest()
 
     @property
     def labels_sha256(self) -> str:

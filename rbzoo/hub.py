@@ -140,8 +140,8 @@ def _find_results(ckpt: Path, results: str | Path | None) -> tuple[dict | None, 
     return None, None
 
 
-def _check_results(res, src: str, digest: str, dataset: str | None) -> dict:
-    """The fields of an `rbzoo eval` results JSON that a push relies on."""
+def _check_results(res, src: str, digest: str, dataset: str | None) -> Certificate:
+    """Check the fields of an `rbzoo eval` results JSON that a push relies on; returns its certificate."""
     def bad(fieldname: str, problem: str):
         raise ConfigError(f"{src}: results field `{fieldname}` {problem}")
 
@@ -183,10 +183,10 @@ def _check_results(res, src: str, digest: str, dataset: str | None) -> dict:
         bad("certificate", f"is not valid ({e})")
     if cert.n != n or cert.labels_sha256 != res["predictions_sha256"]:
         bad("certificate", "does not match n_examples / predictions_sha256")
-    return res
+    return cert
 
 
-def _results_from_clean(clean, ck: Checkpoint, sha: str, dataset: str, device: str, wall: float) -> dict:
+def _results_from_clean(clean, cert: Certificate, ck: Checkpoint, sha: str, dataset: str, device: str, wall: float) -> dict:
     import huggingface_hub  # the client is imported where it is needed: pulls from folders never use it
     import torch
 
@@ -197,7 +197,7 @@ def _results_from_clean(clean, ck: Checkpoint, sha: str, dataset: str, device: s
         "subset": {"mode": "first", "seed": None},
         "clean_correct": clean.clean_correct, "clean_acc": clean.clean_acc,
         "predictions_sha256": clean.predictions_sha256, "data_sha256": clean.data_sha256,
-        "certificate": clean.certificate().to_json(), "numerics_profile": clean.profile,
+        "certificate": cert.to_json(), "numerics_profile": clean.profile,
         "robust_correct": None, "robust_acc": None, "attack": None, "robust_acc_after": {},
         "wilson95": None, "robust_flags": None,
         "warnings": ["clean accuracy computed by `rbzoo push --data-dir`; no robust evaluation"],
@@ -218,7 +218,7 @@ def load_test_split(dataset: str, data_dir, n: int | None, what: str, spec_hint:
     return ds, (None if n is None or n == len(ds) else range(n))
 
 
-def _card_block(ck: Checkpoint, data: bytes, sha: str, res: dict, name: str, repo_id: str | None,
+def _card_block(ck: Checkpoint, data: bytes, sha: str, res: dict, cert: Certificate, name: str, repo_id: str | None,
                 dataset: str, float32_bytes: int, base: Card | None) -> tuple[dict, dict | None, str]:
     """The `rbzoo` card block of a push: checkpoint + results, provenance from training or the old card."""
     train = ck.meta_json("rbzoo.train") or {}
@@ -230,7 +230,6 @@ def _card_block(ck: Checkpoint, data: bytes, sha: str, res: dict, name: str, rep
         base.expected[k] == res.get(k) or base.expected[k] is None for k in ("n_examples", "clean_correct",
                                                                              "predictions_sha256", "data_sha256"))
     brb = base.rb if same else {}
-    cert = Certificate.from_json(res["certificate"], max_n=res["n_examples"])
     kept = sum(r.kept for r in ck.layers)
     total = sum(r.n for r in ck.layers) or 1
     keep = train.get("keep", brb.get("keep", round(kept / total, 6)))
@@ -261,13 +260,15 @@ def _card_block(ck: Checkpoint, data: bytes, sha: str, res: dict, name: str, rep
 
 
 def _push_results(ckpt: Path, ck: Checkpoint, model, sha: str, results, data_dir, device: str,
-                  progress: Progress | None) -> tuple[dict, Path | None, str, bool]:
+                  progress: Progress | None) -> tuple[dict, Certificate, Path | None, str, bool]:
     """The results a push publishes: given (and checked), and/or computed on `data_dir`.
-    Returns (results, their file, dataset, whether clean accuracy was evaluated here)."""
+    Returns (results, their certificate, their file, dataset, whether clean accuracy was evaluated here)."""
     dataset = checkpoint_dataset(ck)
     res, res_path = _find_results(ckpt, results)
+    cert = None
     if res is not None:
-        res = copy.deepcopy(_check_results(res, str(res_path), ck.digest, dataset))
+        cert = _check_results(res, str(res_path), ck.digest, dataset)
+        res = copy.deepcopy(res)
         dataset = dataset or res.get("dataset")
     if dataset is None:
         raise ConfigError(f"{ckpt}: no `rbzoo.dataset` metadata and no results naming the dataset")
@@ -276,22 +277,23 @@ def _push_results(ckpt: Path, ck: Checkpoint, model, sha: str, results, data_dir
         if res is None:
             raise ConfigError(f"no clean-accuracy result for {ckpt}: run `rbzoo eval {ckpt} --out "
                               f"{ckpt.with_name(ckpt.stem + '.results.json')}`, or pass --results FILE or --data-dir DIR")
-        return res, res_path, dataset, False
+        return res, cert, res_path, dataset, False
     n = res["n_examples"] if res is not None else None
     ds, indices = load_test_split(dataset, data_dir, n, f"evaluate {ckpt.name}", "rerun with --data-dir DIR")
     t0 = time.monotonic()
     total = len(ds) if indices is None else len(indices)
     clean = clean_accuracy(model, ds, indices=indices, device=device,
                            progress=progress(f"clean accuracy of {ckpt.name}", total) if progress else None)
+    new = clean.certificate()
     if res is None:
-        return _results_from_clean(clean, ck, sha, dataset, device, time.monotonic() - t0), None, dataset, True
-    verdict = compare(Certificate.from_json(res["certificate"], max_n=res["n_examples"]), clean.certificate())
+        return _results_from_clean(clean, new, ck, sha, dataset, device, time.monotonic() - t0), new, None, dataset, True
+    verdict = compare(cert, new)
     if not verdict.ok or (res.get("data_sha256") and res["data_sha256"] != clean.data_sha256):
         what = "the test data differs" if res.get("data_sha256") not in (None, clean.data_sha256) else verdict.message()
         raise VerificationError(f"{res_path} does not reproduce on {data_dir}: {clean.clean_correct}/{clean.n_examples} "
                                 f"correct now, the results say {res['clean_correct']}/{res['n_examples']} ({what}); "
                                 f"refusing to publish")
-    return res, res_path, dataset, True
+    return res, cert, res_path, dataset, True
 
 
 def push(checkpoint: str | Path, repo_id: str | None = None, *, results: str | Path | None = None,
@@ -320,14 +322,14 @@ def push(checkpoint: str | Path, repo_id: str | None = None, *, results: str | P
     data = ckpt.read_bytes()  # hash and upload the same bytes, even if the file changes meanwhile
     sha = hashlib.sha256(data).hexdigest()
     ck, model = _load_checkpoint(ckpt)
-    res, res_path, dataset, evaluated = _push_results(ckpt, ck, model, sha, results, data_dir, device, progress)
+    res, cert, res_path, dataset, evaluated = _push_results(ckpt, ck, model, sha, results, data_dir, device, progress)
     if name is None:
         name = re.sub(r"[^a-z0-9._-]+", "-", (repo_id.split("/")[1] if repo_id else ckpt.stem).lower()).strip("-._")
     if not NAME_RE.match(name or ""):
         raise ConfigError(f"{name!r} is not a valid zoo name ([a-z0-9._-], starting with a letter or digit)")
     local_path = default_cards_dir(cards_dir) / f"{name}.md"
     base = load_card(local_path) if local_path.is_file() else None
-    rb, rargs, license = _card_block(ck, data, sha, res, name, repo_id, dataset, describe(ckpt)["totals"]["float32_bytes"], base)
+    rb, rargs, license = _card_block(ck, data, sha, res, cert, name, repo_id, dataset, describe(ckpt)["totals"]["float32_bytes"], base)
     card = build_card(rb, robust_args=rargs, license=license)
     res = dict(res, model={**(res.get("model") or {}), "path": CHECKPOINT_FILE, "file_sha256": sha})
     files = {CHECKPOINT_FILE: data, RESULTS_FILE: (json.dumps(res, indent=2) + "\n").encode(),

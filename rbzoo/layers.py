@@ -17,7 +17,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .constants import NORMALIZATION  # noqa: F401  (torch-free home, shared with rbzoo.data; kept here for importers)
 from .signs import signs
 
 

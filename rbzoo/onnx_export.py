@@ -32,7 +32,7 @@ import torch.nn as nn
 
 from . import __version__
 from ._io import atomic_path, check_output, file_sha256
-from .checkpoint import build, model_digest_of, read
+from .checkpoint import build, dataset_name, model_digest_of, read
 from .data import dataset_metadata, get_dataset, get_spec
 from .errors import CheckpointError, ConfigError, VerificationError
 from .evaluate import select_indices
@@ -371,17 +371,6 @@ def _open_model(model_or_ckpt, remote: Resolver | None = None) -> tuple[nn.Modul
     return build(ckpt), ckpt.metadata, path
 
 
-def _dataset_name(metadata: dict[str, str]) -> str | None:
-    value = metadata.get("rbzoo.dataset")
-    try:
-        value = json.loads(value) if value else None
-    except json.JSONDecodeError:
-        pass  # a bare name
-    if isinstance(value, dict):
-        value = value.get("name")
-    return value if isinstance(value, str) and value else None
-
-
 def _onnx_metadata(model, metadata: dict, source: Path | None, dataset: str | None, classes: list[str],
                    variant: str, bn: str) -> dict[str, str]:
     out = {
@@ -416,7 +405,7 @@ def export_onnx(model_or_ckpt, out: str | os.PathLike, *, variant: str = "dense"
     model, metadata, source = _open_model(model_or_ckpt, remote)
     model = _folded(model)  # once: the graph, the digest and the check all read the folded weights
     out = check_output(out, inputs=(source,), force=force)
-    name = dataset or _dataset_name(metadata)
+    name = dataset or dataset_name(metadata)
     if check and not name:
         raise ConfigError("the model records no dataset (rbzoo.dataset) to verify on; pass --dataset")
     arch = getattr(model, "arch", None) or json.loads(metadata.get("rbzoo.arch", "{}"))

@@ -1,8 +1,8 @@
 """The record of pulls (`$RBZOO_HOME/verified.json`, a locked :class:`rbzoo.registry.Registry`)
 and the zoo listing built on it.
 
-Torch-free on purpose: `rbzoo pull --list` reads cards and this record and answers at once. `hub`
-writes the record after each pull; this module only knows its layout and what a status means.
+Torch-free on purpose: `rbzoo pull --list` reads cards and this record and answers at once.
+`rbzoo.zoo` writes the record after each pull; this module only knows its layout and what a status means.
 """
 
 from __future__ import annotations

@@ -285,27 +285,23 @@ def _count_tau(exp: dict, new: Certificate) -> float:
     return max(new.tau, TAU[exp["profile"] or "fast"])
 
 
-def _judge(f: _Fetched, label: str, ck, clean, strict: bool) -> tuple[Verdict, str]:
+def _judge(f: _Fetched, label: str, ck, clean, new: Certificate, strict: bool) -> tuple[Verdict, str]:
     """Compare a re-evaluation with the card: (verdict, what the reference was)."""
     exp = f.card.expected
-    new = clean.certificate()
     if clean.n_examples != exp["n_examples"]:
         raise VerificationError(f"{label}: evaluated {clean.n_examples} samples, the card has {exp['n_examples']}")
-    ref, what = _card_reference(f, label), "the card's certificate"
-    if ref is None and exp["data_sha256"] in (None, clean.data_sha256):
-        local = _local_reference(ck.digest, clean.data_sha256)
-        if local is not None:  # exact against this machine's past evaluation, if the card's count allows it
-            counted = compare_count(exp["clean_correct"], clean.clean_correct, new, tau=_count_tau(exp, new))
-            if not counted.ok:
-                return counted, "the card's count"
-            ref, what = local, "this machine's earlier certificate; the card has counts only"
+    ref = _card_reference(f, label)
     if ref is not None:
-        verdict = compare(ref, new)
+        verdict, what = compare(ref, new), "the card's certificate"
     elif exp["predictions_sha256"] is not None and exp["predictions_sha256"] == clean.predictions_sha256:
         verdict, what = Verdict("exact", clean.n_examples, new.tau), "the card's prediction digest"
     else:
-        verdict = compare_count(exp["clean_correct"], clean.clean_correct, new, tau=_count_tau(exp, new))
-        what = "the card's count"
+        verdict, what = compare_count(exp["clean_correct"], clean.clean_correct, new, tau=_count_tau(exp, new)), \
+            "the card's count"
+        local = (_local_reference(ck.digest, clean.data_sha256)
+                 if verdict.ok and exp["data_sha256"] in (None, clean.data_sha256) else None)
+        if local is not None:  # the count allows it: compare sample by sample with this machine's past run
+            verdict, what = compare(local, new), "this machine's earlier certificate; the card has counts only"
     if strict and verdict.ok and verdict.status != "exact":
         verdict = Verdict("failed", verdict.n, verdict.tau, verdict.differing, verdict.near_tie_differing,
                           verdict.differing, verdict.counts)
@@ -321,7 +317,8 @@ def _verify(f: _Fetched, out: PullResult, ck, *, data_dir, device: str, numerics
     total = len(ds) if indices is None else len(indices)
     clean = clean_accuracy(build(ck, device), ds, indices=indices, device=device, profile=numerics,
                            progress=progress(f"verifying {card.name}", total) if progress else None)
-    verdict, what = _judge(f, label, ck, clean, strict)
+    new = clean.certificate()
+    verdict, what = _judge(f, label, ck, clean, new, strict)
     message = f"{verdict.message()} (against {what})"
     record = {**base, "clean_correct": clean.clean_correct, "n_examples": clean.n_examples,
               "predictions_sha256": clean.predictions_sha256, "data_sha256": clean.data_sha256,
@@ -332,10 +329,10 @@ def _verify(f: _Fetched, out: PullResult, ck, *, data_dir, device: str, numerics
         raise VerificationError(f"{label}: clean accuracy does not reproduce: {message}; the cached copy is marked unverified")
     if verdict.status == "count only":  # keep this machine's reference: the next pull here is exact
         cert_path = _certificate_path(ck.digest, clean.data_sha256)
-        write_json(cert_path, clean.certificate().to_json())
+        write_json(cert_path, new.to_json())
         record["certificate"] = str(cert_path)
     if exp["certificate_sha256"] is None:
-        out.card_block = maintainer_block(ck.digest, clean)
+        out.card_block = maintainer_block(ck.digest, clean, new)
     if exp["data_sha256"] and clean.data_sha256 != exp["data_sha256"]:
         out.notes.append("your copy of the test data has another digest than the card's")
     _registry_put(out_key(out), {**record, "status": "verified"})
@@ -344,9 +341,8 @@ def _verify(f: _Fetched, out: PullResult, ck, *, data_dir, device: str, numerics
     return out
 
 
-def maintainer_block(model_digest: str, clean) -> dict:
+def maintainer_block(model_digest: str, clean, cert: Certificate) -> dict:
     """The card fields a maintainer would publish so that later pulls are exact, not count only."""
-    cert = clean.certificate()
     return {"model_digest": model_digest,
             "expected": {"n_examples": clean.n_examples, "clean_correct": clean.clean_correct,
                          "predictions_sha256": clean.predictions_sha256, "data_sha256": clean.data_sha256,

@@ -56,6 +56,18 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny convolutions run fastest, and identically, on one thread (modules opt in with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+@pytest.fixture
 def hf_env(tmp_path, monkeypatch) -> Path:
     """Isolate huggingface_hub: Xet off, a per-test HF_HOME and cache, no token/offline/endpoint
     inherited from the environment (an unknown HF_TOKEN would be sent even on anonymous calls)."""

@@ -28,13 +28,7 @@ AA_ARGS = ["--n-examples", str(N_POINTS), "--device", "cpu", "--eps", "2/255", "
            "--seed", str(SEED)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions run fastest, and identically, on one thread."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _train_tiny(root: Path, path: Path) -> Path:

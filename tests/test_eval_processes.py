@@ -15,10 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
+import pytest
+
 from rbzoo.cli import main
 from rbzoo.exact import unpack_flags
 
-from test_eval import AA_ARGS, N_POINTS, one_thread, reference, trained_checkpoint  # noqa: F401 (fixtures)
+from test_eval import AA_ARGS, N_POINTS, reference, trained_checkpoint  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # Fields that must agree between runs of the same evaluation (not timing, paths, or process layout).
 SAME = ("model_digest", "n_examples", "clean_correct", "clean_acc", "predictions_sha256", "data_sha256", "robust_correct",

@@ -7,9 +7,13 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from rbzoo.cli import main
 
-from test_eval import one_thread, trained_checkpoint  # noqa: F401 (fixtures)
+from test_eval import trained_checkpoint  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ARGS = ["--n-examples", "8", "--chunk-size", "4", "--device", "cpu", "--eps", "2/255", "--version", "custom",
         "--attacks", "apgd-ce,apgd-t", "--n-iter", "2", "--n-restarts", "1", "--seed", "3"]

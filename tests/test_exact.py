@@ -22,12 +22,7 @@ from rbzoo.exact import (TAU, Certificate, certify, clean_accuracy, compare, com
                          pack_uint, predictions_digest, relative_margins, round_tf32, tf32_emulated, unpack_uint)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- packing, margins, profiles ---------------------------------------------------------------------
@@ -349,3 +344,11 @@ def test_certificate_states_its_near_ties_and_a_tampered_list_is_refused():
     for bad in ([1], [1, 3, 4], "1,3", [1, 3] * 10):
         with pytest.raises(VerificationError, match="near_ties"):
             Certificate.from_json(dict(d, near_ties=bad))
+
+
+def test_profile_names_are_one_list():
+    """cards and the CLI name the profiles without torch (rbzoo.constants); exact defines them."""
+    from rbzoo.constants import NUMERICS_PROFILES
+    from rbzoo.exact import PROFILE_DESCRIPTIONS
+
+    assert tuple(PROFILE_DESCRIPTIONS) == NUMERICS_PROFILES == tuple(TAU)

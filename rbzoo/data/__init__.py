@@ -62,10 +62,6 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("RBZOO_DATA", "data"))
 
 
-def num_classes_of(name: str) -> int:
-    return get_spec(name).num_classes
-
-
 # Loading needs torch: those names come from .loaders on first use (PEP 562), so the specs above
 # (card validation, `rbzoo pull --list`) stay torch-free.
 _LOADERS = ("SafeCIFAR10", "SafeCIFAR100", "Subset", "get_dataset", "split_train_valid", "test_transform",

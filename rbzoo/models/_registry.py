@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ..layers import NORMALIZATION, SubnetConv2d
+from ..constants import NORMALIZATION
+from ..layers import SubnetConv2d
 from ..pruning import init_scores, layer_generator, set_model_keep, subnet_layers
 from .resnet import BasicBlock, Bottleneck, ResNet
 
