@@ -255,7 +255,10 @@ def _card_reference(f: _Fetched, label: str) -> Certificate | None:
     if f.certificate is None:
         raise VerificationError(f"{label}: the card pins a certificate ({exp['certificate_sha256'][:16]}…) but none "
                                 f"was published beside it")
-    cert = Certificate.from_json(f.certificate, max_n=exp["n_examples"])
+    try:
+        cert = Certificate.from_json(f.certificate, max_n=exp["n_examples"])
+    except VerificationError as e:
+        raise VerificationError(f"{label}: the published {RESULTS_FILE} holds no valid certificate ({e})") from None
     if cert.digest != exp["certificate_sha256"] or cert.labels_sha256 != exp["predictions_sha256"] \
             or cert.n != exp["n_examples"] or cert.profile != exp["profile"]:
         raise VerificationError(f"{label}: the published certificate does not match the card (digest, labels, "
