@@ -31,8 +31,9 @@ from .constants import cards_dir as default_cards_dir
 from .constants import hf_cache_dir, hf_endpoint, hf_offline, hf_token
 from .data import DEFAULT_EPS, get_dataset, get_spec
 from .errors import CheckpointError, ConfigError, DataError, HubError, RbzooError, VerificationError
-from .exact import Certificate, clean_accuracy, compare
+from .exact import clean_accuracy
 from .inspect import describe
+from .verdict import Certificate, compare
 
 CARD_FILE = "README.md"
 CHECKPOINT_FILE = "model.safetensors"
@@ -284,7 +285,7 @@ def _push_results(ckpt: Path, ck: Checkpoint, model, sha: str, results, data_dir
     total = len(ds) if indices is None else len(indices)
     clean = clean_accuracy(model, ds, indices=indices, device=device,
                            progress=progress(f"clean accuracy of {ckpt.name}", total) if progress else None)
-    new = clean.certificate()
+    new = Certificate.of(clean)
     if res is None:
         return _results_from_clean(clean, new, ck, sha, dataset, device, time.monotonic() - t0), new, None, dataset, True
     verdict = compare(cert, new)

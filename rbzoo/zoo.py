@@ -31,9 +31,11 @@ from .constants import cards_dir as default_cards_dir
 from .constants import rbzoo_home
 from .convert import convert_official
 from .errors import ConfigError, HubError, RbzooError, VerificationError
-from .exact import TAU, Certificate, Verdict, check_profile, clean_accuracy, compare, compare_count
+from .exact import check_profile, clean_accuracy
 from .fetch import download
 from .hub import CARD_FILE, RESULTS_FILE, fetch_hub, load_test_split
+from .verdict import TAU, Certificate, Verdict, compare, compare_count, degenerate
+from .verdict import strict as strict_verdict
 from .verified import registry_entries
 from .verified import registry_key as _key
 from .verified import registry_put as _registry_put
@@ -297,7 +299,9 @@ def _judge(f: _Fetched, label: str, ck, clean, new: Certificate, strict: bool) -
     if ref is not None:
         verdict, what = compare(ref, new), "the card's certificate"
     elif exp["predictions_sha256"] is not None and exp["predictions_sha256"] == clean.predictions_sha256:
-        verdict, what = Verdict("exact", clean.n_examples, new.tau), "the card's prediction digest"
+        why = degenerate(new)
+        verdict = Verdict("failed" if why else "exact", clean.n_examples, new.tau, reason=why or "")
+        what = "the card's prediction digest"
     else:
         verdict, what = compare_count(exp["clean_correct"], clean.clean_correct, new, tau=_count_tau(exp, new)), \
             "the card's count"
@@ -305,11 +309,7 @@ def _judge(f: _Fetched, label: str, ck, clean, new: Certificate, strict: bool) -
                  if verdict.ok and exp["data_sha256"] in (None, clean.data_sha256) else None)
         if local is not None:  # the count allows it: compare sample by sample with this machine's past run
             verdict, what = compare(local, new), "this machine's earlier certificate; the card has counts only"
-    if strict and verdict.ok and verdict.status != "exact":
-        verdict = Verdict("failed", verdict.n, verdict.tau, verdict.differing, verdict.near_tie_differing,
-                          verdict.differing, verdict.counts)
-        return verdict, what + " (--strict demands exact)"
-    return verdict, what
+    return (strict_verdict(verdict) if strict else verdict), what
 
 
 def _verify(f: _Fetched, out: PullResult, ck, *, data_dir, device: str, numerics: str, strict: bool,
@@ -320,7 +320,7 @@ def _verify(f: _Fetched, out: PullResult, ck, *, data_dir, device: str, numerics
     total = len(ds) if indices is None else len(indices)
     clean = clean_accuracy(build(ck, device), ds, indices=indices, device=device, profile=numerics,
                            progress=progress(f"verifying {card.name}", total) if progress else None)
-    new = clean.certificate()
+    new = Certificate.of(clean)
     verdict, what = _judge(f, label, ck, clean, new, strict)
     message = f"{verdict.message()} (against {what})"
     record = {**base, "clean_correct": clean.clean_correct, "n_examples": clean.n_examples,
