@@ -31,7 +31,7 @@ import torch
 
 from ._io import canonical_json
 from .errors import VerificationError
-from .exact import check_profile, label_bits, pack_uint, predictions_digest, relative_margins, unpack_uint
+from .exact import check_profile, label_bits, pack_uint, predictions_digest, relative_margins, unpack_flags, unpack_uint
 
 # --- the numbers (docs/numerics.md states each one; tests/test_verdict.py parses it) ----------------
 
@@ -329,6 +329,77 @@ def compare_logits(claimed, here) -> tuple[Verdict, float]:
     return verdict, dev
 
 
+# --- the numbers a card states ---------------------------------------------------------------------
+
+
+def _close(a, b, tol: float = 0.005 + 1e-9) -> bool:  # percentages are published to 2 decimals
+    return isinstance(a, (int, float)) and not isinstance(a, bool) and abs(a - b) <= tol
+
+
+def _differ(field: str, stated, derived, source: str) -> VerificationError:
+    return VerificationError(f"`{field}` says {stated}, but {source} gives {derived}")
+
+
+def check_claims(meta: dict, *, cert: Certificate | None = None, labels: np.ndarray | None = None,
+                 results: dict | None = None) -> None:
+    """Derive every number a (schema-valid) card states and check it: the correct count from its
+    certificate's labels against the test labels `labels` (when both are known), the percentages
+    (`claimed`, model-index) from the count, and the results file's counts, digests and robust
+    flags. VerificationError names the first field that disagrees and both numbers."""
+    rb = meta["rbzoo"]
+    exp, claimed = rb["expected"], rb["claimed"]
+    n, correct = exp["n_examples"], exp["clean_correct"]
+    if cert is not None:
+        if cert.n != n:
+            raise _differ("rbzoo.expected.n_examples", n, cert.n, "its certificate")
+        if labels is not None:
+            derived = int((cert.labels == np.asarray(labels)).sum())
+            if derived != correct:
+                raise _differ("rbzoo.expected.clean_correct", correct, derived,
+                              "its certificate's labels against the test labels")
+    if not _close(claimed["clean_acc"], 100.0 * correct / n):
+        raise _differ("rbzoo.claimed.clean_acc", claimed["clean_acc"], f"{100.0 * correct / n:.2f}",
+                      f"rbzoo.expected ({correct}/{n})")
+    robust = claimed["robust_acc"]
+    for i, m in enumerate(meta["model-index"][0]["results"][0]["metrics"]):
+        want = {"accuracy": claimed["clean_acc"], "robust_accuracy": robust}.get(m["type"])
+        if want is not None and not _close(m["value"], want):
+            raise _differ(f"model-index metrics[{i}].value", m["value"], want, "rbzoo.claimed")
+    if isinstance(results, dict):
+        _check_results_numbers(results, exp, robust)
+
+
+def _check_results_numbers(res: dict, exp: dict, robust: float | None) -> None:
+    n = exp["n_examples"]
+    for key in ("n_examples", "clean_correct", "predictions_sha256", "data_sha256"):
+        if exp[key] is not None and res.get(key) != exp[key]:
+            raise _differ(f"results.json: {key}", str(res.get(key))[:64], exp[key], f"the card's rbzoo.expected.{key}")
+    acc = res.get("clean_acc")
+    if acc is not None and (not isinstance(acc, (int, float)) or isinstance(acc, bool)
+                            or abs(acc - exp["clean_correct"] / n) > 1e-9):
+        raise _differ("results.json: clean_acc", str(acc)[:40], exp["clean_correct"] / n, "its clean_correct / n_examples")
+    if res.get("robust_flags") is not None:
+        try:
+            k = int(unpack_flags(res["robust_flags"], n).sum()) if isinstance(res["robust_flags"], str) else None
+        except ValueError:
+            k = None
+        if k is None:
+            raise VerificationError(f"`results.json: robust_flags` is not {n} packed per-sample flags")
+        if res.get("robust_correct") != k:
+            raise _differ("results.json: robust_correct", str(res.get("robust_correct"))[:40], k, "its robust_flags")
+        stated = res.get("robust_acc")
+    else:
+        stated = res.get("robust_acc")
+        k = res.get("robust_correct")
+        if stated is not None and (not isinstance(k, int) or not isinstance(stated, (int, float))
+                                   or abs(stated - k / n) > 1e-9):
+            raise _differ("results.json: robust_acc", str(stated)[:40], f"{k}/{n}", "its robust_correct")
+    if stated is not None and (not isinstance(stated, (int, float)) or abs(stated - k / n) > 1e-9):
+        raise _differ("results.json: robust_acc", str(stated)[:40], k / n, "its robust_flags")
+    if stated is not None and robust is not None and not _close(robust, 100.0 * k / n):
+        raise _differ("rbzoo.claimed.robust_acc", robust, f"{100.0 * k / n:.2f}", f"the results ({k}/{n} robust)")
+
+
 def strict(verdict: Verdict) -> Verdict:
     """--strict: anything short of exact fails."""
     if not verdict.ok or verdict.status == "exact":
@@ -338,4 +409,4 @@ def strict(verdict: Verdict) -> Verdict:
 
 
 __all__ = ["CAP_RATE", "DEGENERATE_SHARE", "DEGENERATE_TAU", "MEASURED_FLIPS", "SAFETY", "TAU", "Certificate",
-           "MAX_GRAPH_DEVIATION", "Verdict", "certify", "compare", "compare_count", "compare_logits", "count_cap", "degenerate", "strict", "tau_for"]
+           "MAX_GRAPH_DEVIATION", "Verdict", "certify", "check_claims", "compare", "compare_count", "compare_logits", "count_cap", "degenerate", "strict", "tau_for"]
