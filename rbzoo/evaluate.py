@@ -31,6 +31,7 @@ from .errors import ConfigError, DataError
 from .exact import check_profile, clean_accuracy, indices_digest, pack_flags, wilson_interval
 from .resolve import Resolver, resolve_checkpoint
 from .robust import make_attack_spec, open_state, process_group, robust_evaluation, shard_from_env
+from .verdict import Certificate
 
 
 def select_indices(total: int, n_examples: int | None = None, mode: str = "first", seed: int = 0) -> np.ndarray:
@@ -215,7 +216,7 @@ def _results(config: EvalConfig, ckpt, path: Path, name: str, split_size: int, i
         "data_sha256": clean.data_sha256,
         # Per-sample labels and top-2 margins: what lets another machine verify these predictions
         # within numerical tolerance (docs/numerics.md), not only bit for bit.
-        "certificate": clean.certificate().to_json(),
+        "certificate": Certificate.of(clean).to_json(),
         "robust_correct": robust.robust_correct if robust else None,
         "robust_acc": robust.robust_correct / n if robust else None,
         "attack": attack.as_dict() if attack else None,

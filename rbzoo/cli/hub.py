@@ -119,6 +119,7 @@ def pull(
                                           "(float32, TF32 off), fast (TF32), bf16 (docs/numerics.md).")] = "verify",
     write_card: Annotated[bool, typer.Option("--write-card", help="Count-only cards: write the card with this "
                                              "machine's per-sample reference into the cards folder.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="With --write-card: replace an existing card.")] = False,
 ) -> None:
     """Download a zoo model and verify it: SHA-256, strict load, clean accuracy sample by sample.
 
@@ -137,7 +138,7 @@ def pull(
     with _Bars() as bars:
         r = zoo.pull(spec, data_dir=data_dir, verify=not no_verify, endpoint=endpoint, token=token, source=source,
                      cards_dir=cards_dir, device=device, progress=bars, bn_check=not no_bn_check, strict=strict,
-                     numerics=numerics, write_card=write_card)
+                     numerics=numerics, write_card=write_card, force=force)
     _print_pull(spec, r)
 
 
@@ -152,6 +153,7 @@ def _print_pull(spec: str, r) -> None:
         "verified": f"verified ({_VERDICT.get(r.verdict, r.verdict)}): {acc}",
         "cached": f"verified earlier ({_VERDICT.get(r.verdict, r.verdict)}): {acc} (registry)",
         "skipped": f"NOT verified (--no-verify); the card claims {_pct(card.rb['claimed']['clean_acc'])}",
+        "unpinned source": f"NOT verified: unpinned source ({_VERDICT.get(r.verdict, r.verdict)}): {acc}",
     }[r.status]
     table = Table(title=f"{card.name}", show_header=False)
     table.add_column("", style="bold")
