@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ._io import canonical_json
 from .codec import pack_bits
-from .constants import NUMERICS_PROFILES
+from .constants import MAX_CLASSES, NUMERICS_PROFILES
 from .errors import ConfigError, VerificationError
 
 # --- numerics profiles ---------------------------------------------------------------------------
@@ -328,7 +328,6 @@ def clean_accuracy(model: nn.Module, dataset: Dataset, *, indices: Sequence[int]
 
 CERTIFICATE_VERSION = 1
 MAX_CERT_SAMPLES = 2_000_000  # above any test split (ImageNet's validation set: 50,000)
-MAX_CLASSES = 1 << 16
 _CERT_KEYS = {"rbzoo_certificate", "n", "num_classes", "profile", "tau", "label_bits", "labels", "labels_sha256",
               "margins", "margins_dtype", "near_ties"}
 

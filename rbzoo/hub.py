@@ -32,7 +32,7 @@ from .constants import hf_cache_dir, hf_endpoint, hf_offline, hf_token
 from .data import DEFAULT_EPS, get_dataset, get_spec
 from .errors import CheckpointError, ConfigError, DataError, HubError, RbzooError, VerificationError
 from .exact import Certificate, clean_accuracy, compare
-from .inspect import describe
+from .inspection import describe
 
 CARD_FILE = "README.md"
 CHECKPOINT_FILE = "model.safetensors"

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._io import file_sha256, write_json, write_text
+from ._io import file_sha256, read_json, write_json, write_text
 from .cards import NAME_RE, REPO_RE, Card, build_card, load_card
 from .checkpoint import build, checkpoint_dataset, read
 from .constants import cards_dir as default_cards_dir
@@ -33,16 +33,12 @@ from .convert import convert_official
 from .errors import ConfigError, HubError, RbzooError, VerificationError
 from .exact import TAU, Certificate, Verdict, check_profile, clean_accuracy, compare, compare_count
 from .fetch import download
-from .hub import CARD_FILE, RESULTS_FILE, fetch_hub, load_test_split
+from .hub import CARD_FILE, RESULTS_FILE, Progress, fetch_hub, load_test_split
 from .verified import registry_entries
 from .verified import registry_key as _key
 from .verified import registry_put as _registry_put
 
 CERTIFICATE_SUFFIX = ".certificate.json"  # beside a card in the cards folder: <name>.certificate.json
-
-# `progress(description, total)` returns a callback taking the number of items just done.
-Progress = Callable[[str, int], Callable[[int], None]]
-
 
 @dataclass
 class Spec:
@@ -117,13 +113,6 @@ def parse_spec(spec: str, cards_dir: str | Path | None = None) -> Spec | None:
 
 # ------------------------------------------------------------------------------------------ 2. fetch
 
-def _read_json(path: Path, what: str) -> dict | None:
-    try:
-        return json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError) as e:
-        raise HubError(f"{path}: not valid JSON ({what}: {e})") from None
-
-
 def _results_certificate(results) -> dict | None:
     return results.get("certificate") if isinstance(results, dict) else None
 
@@ -136,7 +125,7 @@ def _fetch_folder(s: Spec) -> _Fetched:
     path = folder / card.rb["checkpoint"]
     if not path.is_file():
         raise HubError(f"{folder}: the card names {card.rb['checkpoint']}, which is missing")
-    results = _read_json(folder / RESULTS_FILE, "results") if (folder / RESULTS_FILE).is_file() else None
+    results = read_json(folder / RESULTS_FILE, "results JSON", HubError) if (folder / RESULTS_FILE).is_file() else None
     return _Fetched(card, path, results, card.repo_id, None, spec=str(folder),
                     certificate=_results_certificate(results))
 
@@ -211,7 +200,7 @@ def _fetch_import(s: Spec, source: str | Path | None, bn_check: bool = True) -> 
     path = import_zoo_entry(s.card.meta, source, cache_dir=rbzoo_home() / "imports", progress=True, bn_check=bn_check)
     sha, _ = file_sha256(path)
     side = s.card_path.with_name(s.card.name + CERTIFICATE_SUFFIX) if s.card_path else None
-    cert = _read_json(side, "certificate") if side is not None and side.is_file() else None
+    cert = read_json(side, "certificate JSON", HubError) if side is not None and side.is_file() else None
     return _Fetched(s.card, Path(path), None, None, None, sha, spec=s.text, certificate=cert)
 
 
