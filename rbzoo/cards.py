@@ -20,6 +20,7 @@ import yaml
 
 from .constants import NUMERICS_PROFILES
 from .errors import HubError, RbzooError
+from .labels import attack_label, eps_label
 
 TAGS = ["rbzoo", "adversarial-robustness", "binary-neural-networks", "pruning", "autoattack"]
 OBJECTIVES = ("pgd", "fast", "trades", "fgsm_rs")
@@ -428,11 +429,6 @@ def build_card(rb: dict, *, robust_args: dict | None = None, license: str = "mit
     return Card(meta, card_body(meta))
 
 
-def _eps_text(eps: float) -> str:
-    k = eps * 255
-    return f"{round(k)}/255" if abs(k - round(k)) < 1e-4 and round(k) > 0 else f"{eps:g}"
-
-
 def _pull_spec(rb: dict) -> tuple[str, str]:
     """What a card's reader passes to `rbzoo pull`, and a note on it: the pinned Hub repo; else the
     zoo name of an entry that ships with rbzoo (imported from its source); else the folder itself."""
@@ -459,11 +455,10 @@ def _card_rows(meta: dict, spec: str) -> list[tuple[str, str]]:
     rargs = next((m.get("args") for m in meta["model-index"][0]["results"][0]["metrics"]
                   if m["type"] == "robust_accuracy"), None)
     if claimed.get("robust_acc") is not None and rargs:
-        attack = "PGD" if str(rargs["version"]).lower() == "pgd" else f"AutoAttack {rargs['version']}"
-        rows.append((f"robust accuracy ({attack}, {rargs['norm']}, ε = {_eps_text(rargs['eps'])})",
+        rows.append((f"robust accuracy ({attack_label(rargs)}, {rargs['norm']}, ε = {eps_label(rargs['eps'])})",
                      f"{claimed['robust_acc']:.2f} % (claimed; attacks are randomized, expect small differences)"))
     else:
-        rows.append(("robust accuracy", f"not measured yet (`rbzoo eval {spec}` at ε = {_eps_text(rb['eps'])})"))
+        rows.append(("robust accuracy", f"not measured yet (`rbzoo eval {spec}` at ε = {eps_label(rb['eps'])})"))
     if rb["checkpoint_bytes"]:
         ratio = rb["float32_bytes"] / rb["checkpoint_bytes"]
         rows.append(("checkpoint", f"`{rb['checkpoint']}`, {rb['checkpoint_bytes']:,} bytes, SHA-256 "

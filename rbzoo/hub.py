@@ -34,7 +34,7 @@ from .constants import hf_cache_dir, hf_endpoint, hf_offline, hf_token
 from .data import DEFAULT_EPS, get_dataset, get_spec
 from .errors import CheckpointError, ConfigError, DataError, HubError, RbzooError, VerificationError
 from .exact import clean_accuracy
-from .inspect import describe
+from .inspection import describe
 from .verdict import Certificate, check_claims, compare
 
 CARD_FILE = "README.md"

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ._io import canonical_json
+from .constants import MAX_CLASSES
 from .errors import VerificationError
 from .exact import check_profile, label_bits, pack_uint, predictions_digest, relative_margins, unpack_flags, unpack_uint
 
@@ -65,7 +66,6 @@ def count_cap(n: int) -> int:
 
 CERTIFICATE_VERSION = 1
 MAX_CERT_SAMPLES = 2_000_000  # above any test split (ImageNet's validation set: 50,000)
-MAX_CLASSES = 1 << 16
 _CERT_KEYS = {"rbzoo_certificate", "n", "num_classes", "profile", "tau", "label_bits", "labels", "labels_sha256",
               "margins", "margins_dtype", "near_ties"}
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._io import canonical_json, check_output, file_sha256, write_json, write_text
+from ._io import canonical_json, check_output, file_sha256, read_json, write_json, write_text
 from .cards import NAME_RE, REPO_RE, Card, build_card, load_card
 from .checkpoint import build, checkpoint_dataset, read
 from .constants import cards_dir as default_cards_dir
@@ -35,7 +35,7 @@ from .errors import ConfigError, HubError, RbzooError, VerificationError
 from .exact import check_profile, clean_accuracy
 from .fetch import REGISTRY_NAME as DOWNLOADS_FILE
 from .fetch import download
-from .hub import CARD_FILE, RESULTS_FILE, fetch_hub, load_test_split
+from .hub import CARD_FILE, RESULTS_FILE, Progress, fetch_hub, load_test_split
 from .registry import Registry
 from .verdict import TAU, Certificate, Verdict, check_claims, compare, compare_count, degenerate
 from .verdict import strict as strict_verdict
@@ -44,10 +44,6 @@ from .verified import registry_key as _key
 from .verified import registry_put as _registry_put
 
 CERTIFICATE_SUFFIX = ".certificate.json"  # beside a card in the cards folder: <name>.certificate.json
-
-# `progress(description, total)` returns a callback taking the number of items just done.
-Progress = Callable[[str, int], Callable[[int], None]]
-
 
 @dataclass
 class Spec:
@@ -126,13 +122,6 @@ def parse_spec(spec: str, cards_dir: str | Path | None = None) -> Spec | None:
 
 # ------------------------------------------------------------------------------------------ 2. fetch
 
-def _read_json(path: Path, what: str) -> dict | None:
-    try:
-        return json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError) as e:
-        raise VerificationError(f"{path}: the published {what} is not valid JSON ({e})") from None
-
-
 def _results_certificate(results) -> dict | None:
     return results.get("certificate") if isinstance(results, dict) else None
 
@@ -145,7 +134,7 @@ def _fetch_folder(s: Spec) -> _Fetched:
     path = folder / card.rb["checkpoint"]
     if not path.is_file():
         raise HubError(f"{folder}: the card names {card.rb['checkpoint']}, which is missing")
-    results = _read_json(folder / RESULTS_FILE, "results") if (folder / RESULTS_FILE).is_file() else None
+    results = read_json(folder / RESULTS_FILE, "results JSON", VerificationError) if (folder / RESULTS_FILE).is_file() else None
     return _Fetched(card, path, results, card.repo_id, None, spec=str(folder),
                     certificate=_results_certificate(results), origin=folder_origin(folder))
 
@@ -236,7 +225,7 @@ def _fetch_import(s: Spec, source: str | Path | None, bn_check: bool = True) -> 
                                        bn_check=bn_check)
     sha, _ = file_sha256(path)
     side = s.card_path.with_name(s.card.name + CERTIFICATE_SUFFIX) if s.card_path else None
-    cert = _read_json(side, "certificate") if side is not None and side.is_file() else None
+    cert = read_json(side, "certificate JSON", VerificationError) if side is not None and side.is_file() else None
     return _Fetched(s.card, Path(path), None, None, None, sha, spec=s.text, certificate=cert,
                     origin=zoo_origin(s.card.name), source_sha256=source_sha,
                     unpinned=not pinned and s.card.rb["model_digest"] is None)

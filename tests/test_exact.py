@@ -199,3 +199,22 @@ def test_profile_names_are_one_list():
     from rbzoo.exact import PROFILE_DESCRIPTIONS
 
     assert tuple(PROFILE_DESCRIPTIONS) == NUMERICS_PROFILES == tuple(TAU)
+
+
+def test_every_model_that_loads_can_be_certified(tmp_path):
+    # One MAX_CLASSES bounds both the reader and the certificate: a 70,000-class model (over the
+    # 16-bit labels a uint16 would hold) loads, evaluates and its certificate round-trips in 17 bits.
+    from rbzoo.constants import MAX_CLASSES
+
+    classes = 70_000
+    model = rbzoo.create_model("tiny_resnet", num_classes=classes, in_channels=1, mean=(0.5,), std=(0.25,),
+                               width=2, seed=3, keep=0.5)
+    path = tmp_path / "wide.safetensors"
+    rbzoo.save(model, path)
+    net = rbzoo.load(path)
+    x = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    data = TensorDataset(x, torch.tensor([0, 1, 69_999, 5, 6]))
+    result = clean_accuracy(net, data, batch_size=5)
+    d = json.loads(json.dumps(result.certificate().to_json()))
+    assert result.num_classes == classes <= MAX_CLASSES and d["label_bits"] == label_bits(classes) == 17
+    assert np.array_equal(Certificate.from_json(d).labels, result.predictions)

@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..errors import ConfigError
+from ..labels import attack_label, pct
 from . import app, console
 
 _ENDPOINT = typer.Option("--endpoint", help="Hub URL (default: $HF_ENDPOINT, else https://huggingface.co).")
@@ -43,17 +44,12 @@ class _Bars:
             self._progress.stop()
 
 
-def _pct(x: float | None) -> str:
-    return "—" if x is None else f"{x:.2f} %"
-
-
 def _robust_text(card) -> str:
     robust = card.rb["claimed"]["robust_acc"]
     if robust is None:
         return "— (not measured)"
     a = card.robust_args or {}
-    attack = "PGD" if str(a.get("version")).lower() == "pgd" else f"AutoAttack {a.get('version')}"
-    return f"{robust:.2f} % claimed ({attack}, {a.get('norm')}, eps={a.get('eps'):.6g})"
+    return f"{pct(robust, of=100)} claimed ({attack_label(a)}, {a.get('norm')}, eps={a.get('eps'):.6g})"
 
 
 @app.command()
@@ -88,7 +84,7 @@ def push(
                      create_pr=create_pr, endpoint=endpoint, token=token, name=name, to=to, cards_dir=cards_dir,
                      device=device, progress=bars, force=force)
     exp = r.card.expected
-    acc = f"clean {exp['clean_correct']}/{exp['n_examples']} ({_pct(r.card.rb['claimed']['clean_acc'])})"
+    acc = f"clean {exp['clean_correct']}/{exp['n_examples']} ({pct(r.card.rb['claimed']['clean_acc'], of=100)})"
     if r.folder is not None:
         console.print(f"wrote {r.folder}: {hub.CARD_FILE}, {hub.CHECKPOINT_FILE}, {hub.RESULTS_FILE} ({acc})")
         console.print(f"on the other machine: rbzoo pull {r.folder}", highlight=False)
@@ -148,11 +144,11 @@ _VERDICT = {"exact": "exact", "tolerance": "verified within numerical tolerance"
 def _print_pull(spec: str, r) -> None:
     card = r.card
     f32 = card.rb["float32_bytes"]
-    acc = f"{r.clean_correct}/{r.n_examples} = {_pct(100.0 * r.clean_correct / r.n_examples) if r.n_examples else '—'}"
+    acc = f"{r.clean_correct}/{r.n_examples} = {pct(r.clean_correct, of=r.n_examples)}"
     clean = {
         "verified": f"verified ({_VERDICT.get(r.verdict, r.verdict)}): {acc}",
         "cached": f"verified earlier ({_VERDICT.get(r.verdict, r.verdict)}): {acc} (registry)",
-        "skipped": f"NOT verified (--no-verify); the card claims {_pct(card.rb['claimed']['clean_acc'])}",
+        "skipped": f"NOT verified (--no-verify); the card claims {pct(card.rb['claimed']['clean_acc'], of=100)}",
         "unpinned source": f"NOT verified: unpinned source ({_VERDICT.get(r.verdict, r.verdict)}): {acc}",
     }[r.status]
     table = Table(title=f"{card.name}", show_header=False)
@@ -201,7 +197,7 @@ def _print_zoo(cards_dir) -> None:
         hubref = f"{rb['repo_id']}@{rb['revision'][:12]}" if rb["revision"] else (rb["repo_id"] or "—")
         size = f"{rb['checkpoint_bytes']:,}" if rb["checkpoint_bytes"] else "—"
         table.add_row(rb["name"], rb["dataset"], rb["arch"]["id"], f"{rb['keep']:g}", rb["objective"] or "—",
-                      _pct(rb["claimed"]["clean_acc"]), _pct(rb["claimed"]["robust_acc"]), size, hubref, e.status)
+                      pct(rb["claimed"]["clean_acc"], of=100), pct(rb["claimed"]["robust_acc"], of=100), size, hubref, e.status)
     console.print(table)
     if not entries:
         console.print(f"no cards in {default_cards_dir(cards_dir)}", highlight=False)
