@@ -266,7 +266,7 @@ def test_card_model_digest_of_another_model(honest, cifar10_root, capsys):
 def test_results_file_that_is_not_json(honest, cifar10_root, capsys):
     (honest / "results.json").write_text("{not json")
     err = _failed(capsys, honest, "--data-dir", cifar10_root)
-    assert "results.json: the published results is not valid JSON" in err
+    assert "results.json: not a readable results JSON" in err
 
 
 # ------------------------------------------------------------------------------------------ names and history

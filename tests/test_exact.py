@@ -4,6 +4,7 @@ trained digits model judged by rbzoo.verdict (whose own rules are tested in test
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -15,8 +16,8 @@ from torch.utils.data import ConcatDataset, TensorDataset
 import rbzoo
 import rbzoo.data
 from rbzoo.errors import ConfigError, VerificationError
-from rbzoo.exact import (clean_accuracy, numerics, pack_uint, relative_margins, round_tf32, tf32_emulated,
-                         unpack_uint)
+from rbzoo.exact import (clean_accuracy, label_bits, numerics, pack_uint, relative_margins, round_tf32,
+                         tf32_emulated, unpack_uint)
 from rbzoo.verdict import TAU, Certificate, compare
 
 
@@ -215,6 +216,6 @@ def test_every_model_that_loads_can_be_certified(tmp_path):
     x = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     data = TensorDataset(x, torch.tensor([0, 1, 69_999, 5, 6]))
     result = clean_accuracy(net, data, batch_size=5)
-    d = json.loads(json.dumps(result.certificate().to_json()))
+    d = json.loads(json.dumps(Certificate.of(result).to_json()))
     assert result.num_classes == classes <= MAX_CLASSES and d["label_bits"] == label_bits(classes) == 17
     assert np.array_equal(Certificate.from_json(d).labels, result.predictions)
