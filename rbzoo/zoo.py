@@ -339,13 +339,13 @@ def _judge(f: _Fetched, label: str, ck, clean, new: Certificate, strict: bool) -
     if clean.n_examples != exp["n_examples"]:
         raise VerificationError(f"{label}: `rbzoo.expected.n_examples` says {exp['n_examples']}, this evaluation "
                                 f"has {clean.n_examples} samples")
-    ref = _card_reference(f, label)
+    ref, predicted = _card_reference(f, label), None
     if ref is not None:
         verdict, what = compare(ref, new), "the card's certificate"
     elif exp["predictions_sha256"] is not None and exp["predictions_sha256"] == clean.predictions_sha256:
         why = degenerate(new)
         verdict = Verdict("failed" if why else "exact", clean.n_examples, new.tau, reason=why or "")
-        what = "the card's prediction digest"
+        what, predicted = "the card's prediction digest", clean.predictions
     else:
         verdict, what = compare_count(exp["clean_correct"], clean.clean_correct, new, tau=_count_tau(exp, new)), \
             "the card's count"
@@ -356,7 +356,8 @@ def _judge(f: _Fetched, label: str, ck, clean, new: Certificate, strict: bool) -
     if verdict.ok:
         same_data = exp["data_sha256"] in (None, clean.data_sha256)
         try:
-            check_claims(f.card.meta, cert=ref, labels=clean.labels if same_data else None, results=f.results)
+            check_claims(f.card.meta, cert=ref, predicted=predicted, labels=clean.labels if same_data else None,
+                         results=f.results)
         except VerificationError as e:
             verdict = Verdict("failed", verdict.n, verdict.tau, reason=ADD_UP + str(e))
     return (strict_verdict(verdict) if strict else verdict), what

@@ -137,6 +137,38 @@ def test_A_card_claims_more_than_its_certificate(honest, cifar10_root, capsys):
         assert f"`rbzoo.expected.clean_correct` says {c + 5}, but its certificate's labels" in err and f"{c}" in err
 
 
+def test_A_card_pinning_only_a_prediction_digest(honest, cifar10_root, capsys):
+    """A card with the honest prediction digest but no certificate, claiming 5 more correct."""
+    card = load_card(honest / "README.md")
+    c = card.expected["clean_correct"]
+    _rewrite(honest, rb={"expected": dict(card.expected, clean_correct=c + 5, certificate_sha256=None, profile=None),
+                         "claimed": dict(card.rb["claimed"], clean_acc=round(2.0 * (c + 5), 2))}, drop_results=True)
+    err = _failed(capsys, honest, "--data-dir", cifar10_root)
+    assert f"`rbzoo.expected.clean_correct` says {c + 5}, but its prediction digest's labels" in err
+
+
+def test_push_refuses_an_inconsistent_card(tiny_checkpoint, tmp_path, cifar10_root):
+    """Results whose count the certificate's labels contradict (checked on the test data), or whose
+    robust count its flags contradict: push writes nothing."""
+    from rbzoo.exact import pack_flags
+
+    honest = _push(tiny_checkpoint, tmp_path / "pub", cifar10_root)
+    res = json.loads((honest / "results.json").read_text())
+    c = res["clean_correct"]
+    bad = dict(res, clean_correct=c + 5, clean_acc=(c + 5) / 50)
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(VerificationError, match=f"`rbzoo.expected.clean_correct` says {c + 5}"):
+        hub.push(tiny_checkpoint, to=tmp_path / "out1", results=tmp_path / "bad.json", data_dir=cifar10_root)
+    flags = np.zeros(50, bool)
+    flags[:3] = True
+    bad = dict(res, robust_flags=pack_flags(flags), robust_correct=9, robust_acc=9 / 50,
+               attack={"norm": "Linf", "eps": 8 / 255, "version": "standard"})
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(VerificationError, match="`results.json: robust_correct` says 9, but its robust_flags gives 3"):
+        hub.push(tiny_checkpoint, to=tmp_path / "out2", results=tmp_path / "bad.json")
+    assert not (tmp_path / "out1").exists() and not (tmp_path / "out2").exists()
+
+
 def test_A2_results_file_disagrees_with_the_card(honest, cifar10_root, capsys):
     card = load_card(honest / "README.md")
     _rewrite(honest, results={"clean_correct": card.expected["clean_correct"] + 5})
@@ -363,6 +395,9 @@ def test_unpinned_source_is_never_verified(official, tmp_path, cifar10_root, cap
     assert rc == 0 and "NOT verified: unpinned source (count only)" in out and "verified (" not in out
     (entry,) = [e for e in verified.list_zoo() if e.card.name == "tiny-import"]
     assert entry.status == "unpinned source"
+    # --write-card would launder the unpinned file into a card that pins it: refused
+    rc, _, err = _pull(capsys, "tiny-import", "--source", src, "--data-dir", cifar10_root, "--write-card", "--force")
+    assert rc == 2 and "--write-card would pin whatever" in err
 
 
 def test_source_pinned_on_first_download(official, tmp_path, cifar10_root, capsys):
