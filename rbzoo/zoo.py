@@ -8,11 +8,17 @@ transport and push) and :mod:`rbzoo.convert` (official file → format-v1 checkp
    file (imported entries);
 3. **verify** — SHA-256 against the card and the server, strict load (the whole-model digest),
    the card's model digest, then the clean accuracy re-evaluated and compared with the card's
-   reference under the certificate rules of :mod:`rbzoo.exact`: *exact*, *verified within
-   numerical tolerance* (only near-ties differ), *count only* (the card has no per-sample
-   reference), or *failed*;
-4. **record** — the verdict in `$RBZOO_HOME/verified.json` (locked, atomic), plus this machine's
-   certificate when the card had none, so the next pull of the same model here is exact.
+   reference under the rules of :mod:`rbzoo.verdict`: *exact*, *verified within numerical
+   tolerance* (only near-ties of this evaluation differ), *count only* (the card has no per-sample
+   reference; capped slack), or *failed*; then every number the card states is derived and checked;
+4. **record** — the verdict in `$RBZOO_HOME/verified.json` (locked, atomic), keyed by the model's
+   origin (zoo entry, Hub repo and commit, folder) and SHA-256 — never by the card's name — with a
+   digest of everything published: a later pull skips the re-evaluation only while that is
+   unchanged. Plus this machine's certificate when the card had none, so the next pull of the same
+   model here is exact.
+
+A publication never vouches for itself: the threat model is in docs/zoo.md, and
+tests/test_attacker.py plays each row of it.
 """
 
 from __future__ import annotations
