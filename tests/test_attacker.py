@@ -324,6 +324,17 @@ def test_D_folder_named_like_a_shipped_entry_marks_nothing(honest_template, tmp_
     assert rc == 0 and "verified" not in out
 
 
+def test_D_hub_card_named_like_a_shipped_entry_marks_nothing(server, tiny_checkpoint, tmp_path, cifar10_root):
+    from hub_server import TEST_TOKEN
+
+    hub.push(tiny_checkpoint, "test-user/squat", data_dir=cifar10_root, name=SHIPPED, endpoint=server.url,
+             token=TEST_TOKEN, cards_dir=tmp_path / "pusher-cards")
+    r = zoo.pull("test-user/squat", data_dir=cifar10_root, endpoint=server.url, token=TEST_TOKEN)
+    assert r.status == "verified" and r.card.name == SHIPPED and r.origin.startswith("hub:test-user/squat@")
+    (entry,) = [e for e in verified.list_zoo() if e.card.name == SHIPPED]
+    assert entry.status == "import from source"
+
+
 def test_E_write_card_of_a_squatting_folder_leaves_the_shipped_card(honest_template, tmp_path, cifar10_root, capsys):
     folder = _squatter(honest_template, tmp_path, cifar10_root, count_only=True)
     shipped = tmp_path / "cards" / f"{SHIPPED}.md"
