@@ -420,7 +420,9 @@ def test_source_pinned_on_first_download(official, tmp_path, cifar10_root, capsy
     src, other = official
     with FileServer(src.read_bytes()) as srv:
         _imported_card(tmp_path / "cards", srv.url)
-        zoo.pull("tiny-import", verify=False)
+        first = zoo.pull("tiny-import", verify=False)
+        assert any("this first download pinned it" in n for n in first.notes)
+        assert not zoo.pull("tiny-import", verify=False).notes  # pinned now: nothing to say
     err = _failed(capsys, "tiny-import", "--source", other, "--data-dir", cifar10_root)
     assert "the first download from" in err and "not the official file" in err
 
