@@ -7,7 +7,7 @@
 #   3. train        `rbzoo train` 1 epoch on it with --device cuda --bf16 --channels-last
 #   4. eval_aa      `rbzoo eval` with AutoAttack (standard) on a small subset, on the GPU
 #   5. cross        the GPU result re-checked on CPU with the verification certificate
-#                   (rbzoo.exact: verify/fast(TF32)/bf16 profiles on the GPU vs verify on the CPU;
+#                   (rbzoo.verdict: verify/fast(TF32)/bf16 profiles on the GPU vs verify on the CPU;
 #                   each must be exact or within its near-tie tolerance), and eval_aa's labels vs CPU
 #   6. torchrun     a 1-process `torchrun ... -m rbzoo train` (NCCL process group)
 #

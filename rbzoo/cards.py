@@ -466,10 +466,23 @@ def _card_rows(meta: dict, spec: str) -> list[tuple[str, str]]:
         rows.append(("same network as float32 weights", f"{rb['float32_bytes']:,} bytes ({ratio:,.0f}× larger)"))
     else:
         rows.append(("same network as float32 weights", f"{rb['float32_bytes']:,} bytes"))
+    rows.append(("pinned by", pinned_by(rb)))
     if rb["source_url"]:
         rows.append(("converted from", f"<{rb['source_url']}>"
                      + (f" (SHA-256 `{rb['source_sha256']}`)" if rb["source_sha256"] else "")))
     return rows
+
+
+def pinned_by(rb: dict) -> str:
+    """What this card pins, in words (a pull checks each)."""
+    pins = [what for what, v in (("checkpoint SHA-256", rb["checkpoint_sha256"]), ("model digest", rb["model_digest"]),
+                                 ("official file SHA-256", rb["source_sha256"]),
+                                 ("per-sample certificate", rb["expected"]["certificate_sha256"])) if v]
+    if rb["checkpoint_sha256"] or rb["model_digest"] or rb["source_sha256"]:
+        return ", ".join(pins)
+    return ("no file hash: the first download of the official file is recorded (URL and SHA-256, trust on "
+            "first use) and later pulls must match it; a pull from `--source FILE` says *unpinned source*"
+            + (f"; {', '.join(pins)}" if pins else ""))
 
 
 def card_body(meta: dict) -> str:
@@ -508,10 +521,11 @@ from rbzoo.zoo import pull
 model = rbzoo.load(pull("{spec}", verify=False).path)  # eval-mode network, folded ±1 weights
 ```
 
-`rbzoo pull` fails (exit 3) if the file's SHA-256 or model digest differs from this card, or if the
-re-evaluated predictions differ from `rbzoo.expected` beyond numerical near-ties (it names the
-samples). It says whether the check was *exact*, *within numerical tolerance* or, for a card
-without a per-sample certificate, *count only*.
+`rbzoo pull` fails (exit 3) if the file's SHA-256 or model digest differs from this card, if the
+file fails its own checks, if a number this card states does not follow from its certificate and
+results, or if the re-evaluated predictions differ from `rbzoo.expected` beyond the near-ties of the
+re-evaluation (it names the field or the samples). It says whether the check was *exact*, *within
+numerical tolerance* or, for a card without a per-sample certificate, *count only*.
 
 ## Citation
 

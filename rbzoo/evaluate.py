@@ -1,7 +1,7 @@
 """`rbzoo eval`: clean accuracy, then AutoAttack (or PGD) on the points still correct.
 
 Exact clean accuracy itself (numerics profiles, ordered batches, data and prediction digests,
-margins and the verification certificate) lives in :mod:`rbzoo.exact`.
+margins) lives in :mod:`rbzoo.exact`; the verification certificate in :mod:`rbzoo.verdict`.
 
 :func:`run_eval` is what `rbzoo eval` runs: resolve and verify the checkpoint, check every option,
 measure clean accuracy, then attack the points still correct with AutoAttack or PGD

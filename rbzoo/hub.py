@@ -467,8 +467,8 @@ def fetch_hub(repo: str, rev: str, *, endpoint: str | None = None, token: str | 
     if results_path is not None:
         try:
             results = json.loads(results_path.read_text("utf-8"))
-        except (OSError, ValueError):
-            results = None  # the card pins what matters; a broken results file only loses the certificate
+        except (OSError, ValueError) as e:  # a published file that fails a check: exit 3, named
+            raise VerificationError(f"{repo}@{commit[:12]}: the published {RESULTS_FILE} is not valid JSON ({e})") from None
     return HubFiles(card, path, results, commit, server_sha, lambda: _purge_cached(path))
 
 

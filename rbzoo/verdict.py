@@ -341,22 +341,24 @@ def _differ(field: str, stated, derived, source: str) -> VerificationError:
 
 
 def check_claims(meta: dict, *, cert: Certificate | None = None, labels: np.ndarray | None = None,
-                 results: dict | None = None) -> None:
+                 predicted: np.ndarray | None = None, results: dict | None = None) -> None:
     """Derive every number a (schema-valid) card states and check it: the correct count from its
-    certificate's labels against the test labels `labels` (when both are known), the percentages
-    (`claimed`, model-index) from the count, and the results file's counts, digests and robust
-    flags. VerificationError names the first field that disagrees and both numbers."""
+    certificate's labels (or, for a card pinning only a prediction digest, the `predicted` labels
+    that matched it) against the test labels `labels`, the percentages (`claimed`, model-index)
+    from the count, and the results file's counts, digests and robust flags. VerificationError
+    names the first field that disagrees and both numbers."""
     rb = meta["rbzoo"]
     exp, claimed = rb["expected"], rb["claimed"]
     n, correct = exp["n_examples"], exp["clean_correct"]
-    if cert is not None:
-        if cert.n != n:
-            raise _differ("rbzoo.expected.n_examples", n, cert.n, "its certificate")
-        if labels is not None:
-            derived = int((cert.labels == np.asarray(labels)).sum())
-            if derived != correct:
-                raise _differ("rbzoo.expected.clean_correct", correct, derived,
-                              "its certificate's labels against the test labels")
+    if cert is not None and cert.n != n:
+        raise _differ("rbzoo.expected.n_examples", n, cert.n, "its certificate")
+    reference = cert.labels if cert is not None else predicted
+    if reference is not None and labels is not None:
+        derived = int((np.asarray(reference) == np.asarray(labels)).sum())
+        if derived != correct:
+            raise _differ("rbzoo.expected.clean_correct", correct, derived,
+                          f"its {'certificate' if cert is not None else 'prediction digest'}'s labels against "
+                          f"the test labels")
     if not _close(claimed["clean_acc"], 100.0 * correct / n):
         raise _differ("rbzoo.claimed.clean_acc", claimed["clean_acc"], f"{100.0 * correct / n:.2f}",
                       f"rbzoo.expected ({correct}/{n})")

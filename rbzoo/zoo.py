@@ -8,11 +8,17 @@ transport and push) and :mod:`rbzoo.convert` (official file → format-v1 checkp
    file (imported entries);
 3. **verify** — SHA-256 against the card and the server, strict load (the whole-model digest),
    the card's model digest, then the clean accuracy re-evaluated and compared with the card's
-   reference under the certificate rules of :mod:`rbzoo.exact`: *exact*, *verified within
-   numerical tolerance* (only near-ties differ), *count only* (the card has no per-sample
-   reference), or *failed*;
-4. **record** — the verdict in `$RBZOO_HOME/verified.json` (locked, atomic), plus this machine's
-   certificate when the card had none, so the next pull of the same model here is exact.
+   reference under the rules of :mod:`rbzoo.verdict`: *exact*, *verified within numerical
+   tolerance* (only near-ties of this evaluation differ), *count only* (the card has no per-sample
+   reference; capped slack), or *failed*; then every number the card states is derived and checked;
+4. **record** — the verdict in `$RBZOO_HOME/verified.json` (locked, atomic), keyed by the model's
+   origin (zoo entry, Hub repo and commit, folder) and SHA-256 — never by the card's name — with a
+   digest of everything published: a later pull skips the re-evaluation only while that is
+   unchanged. Plus this machine's certificate when the card had none, so the next pull of the same
+   model here is exact.
+
+A publication never vouches for itself: the threat model is in docs/zoo.md, and
+tests/test_attacker.py plays each row of it.
 """
 
 from __future__ import annotations
@@ -95,6 +101,7 @@ class _Fetched:
     origin: str = ""
     source_sha256: str | None = None  # imported entries: the official file converted
     unpinned: bool = False  # imported from a --source FILE that no hash pins
+    first_use: bool = False  # imported: this download pinned the official file (trust on first use)
 
 
 # ------------------------------------------------------------------------------------------ 1. resolve
@@ -162,8 +169,8 @@ def import_zoo_entry(card: dict, source: str | Path | None, *, cache_dir: str | 
     return _import(card, source, cache_dir=cache_dir, progress=progress, bn_check=bn_check)[0]
 
 
-def _import(card: dict, source, *, cache_dir, progress: bool, bn_check: bool) -> tuple[Path, str, bool]:
-    """(checkpoint, the source's SHA-256, whether a hash pins that source)."""
+def _import(card: dict, source, *, cache_dir, progress: bool, bn_check: bool) -> tuple[Path, str, str | None]:
+    """(checkpoint, the source's SHA-256, what pins that source: "card" | "recorded" | "first use" | None)."""
     rb = card.get("rbzoo", card) if isinstance(card, dict) else None
     if not isinstance(rb, dict) or "name" not in rb or "arch" not in rb:
         raise HubError("not a zoo card: no rbzoo block with name and arch")
@@ -185,10 +192,10 @@ def _import(card: dict, source, *, cache_dir, progress: bool, bn_check: bool) ->
     return out, sha, pinned
 
 
-def _official_source(rb: dict, source, cache_dir: Path, progress: bool) -> tuple[Path, str, bool]:
-    """(the official file, its SHA-256, whether a hash pins it). A download is pinned by the card's
-    source_sha256 or, failing that, by the first download's record (trust on first use); a local
-    `source` by the card's hash or by that record of its URL, else it is unpinned."""
+def _official_source(rb: dict, source, cache_dir: Path, progress: bool) -> tuple[Path, str, str | None]:
+    """(the official file, its SHA-256, what pins it). A download is pinned by the card's
+    source_sha256 ("card") or, failing that, by the first download's record ("recorded"; "first use"
+    when this download made it); a local `source` by the card's hash or that record, else None."""
     name, want = rb["name"], rb.get("source_sha256")
     url = rb.get("source_url")
     first = Registry(cache_dir / "official" / DOWNLOADS_FILE).get(url) if url else None
@@ -200,10 +207,10 @@ def _official_source(rb: dict, source, cache_dir: Path, progress: bool) -> tuple
         for who, ref in (("the card says", want), (f"the first download from {url} was", (first or {}).get("sha256"))):
             if ref and sha != ref:
                 raise VerificationError(f"{name}: {source} has SHA-256 {sha}, {who} {ref}: not the official file")
-        return source, sha, bool(want or first)
+        return source, sha, "card" if want else "recorded" if first else None
     if url:
         fetched = download(url, cache_dir / "official" / f"{name}.pth", expected_sha256=want, progress=progress)
-        return fetched.path, fetched.sha256, True
+        return fetched.path, fetched.sha256, "card" if want else "recorded" if first else "first use"
     raise HubError(f"{name}: the card has no download URL for the official file; download it from the "
                    f"paper's model zoo (https://github.com/IVRL/RobustBinarySubNet#model-zoo) and pass it "
                    f"with --source FILE")
@@ -226,9 +233,10 @@ def _fetch_import(s: Spec, source: str | Path | None, bn_check: bool = True) -> 
     sha, _ = file_sha256(path)
     side = s.card_path.with_name(s.card.name + CERTIFICATE_SUFFIX) if s.card_path else None
     cert = read_json(side, "certificate JSON", VerificationError) if side is not None and side.is_file() else None
+    by_digest = s.card.rb["model_digest"] is not None
     return _Fetched(s.card, Path(path), None, None, None, sha, spec=s.text, certificate=cert,
                     origin=zoo_origin(s.card.name), source_sha256=source_sha,
-                    unpinned=not pinned and s.card.rb["model_digest"] is None)
+                    unpinned=pinned is None and not by_digest, first_use=pinned == "first use" and not by_digest)
 
 
 # ------------------------------------------------------------------------------------------ 3. verify
@@ -328,13 +336,13 @@ def _judge(f: _Fetched, label: str, ck, clean, new: Certificate, strict: bool) -
     if clean.n_examples != exp["n_examples"]:
         raise VerificationError(f"{label}: `rbzoo.expected.n_examples` says {exp['n_examples']}, this evaluation "
                                 f"has {clean.n_examples} samples")
-    ref = _card_reference(f, label)
+    ref, predicted = _card_reference(f, label), None
     if ref is not None:
         verdict, what = compare(ref, new), "the card's certificate"
     elif exp["predictions_sha256"] is not None and exp["predictions_sha256"] == clean.predictions_sha256:
         why = degenerate(new)
         verdict = Verdict("failed" if why else "exact", clean.n_examples, new.tau, reason=why or "")
-        what = "the card's prediction digest"
+        what, predicted = "the card's prediction digest", clean.predictions
     else:
         verdict, what = compare_count(exp["clean_correct"], clean.clean_correct, new, tau=_count_tau(exp, new)), \
             "the card's count"
@@ -345,7 +353,8 @@ def _judge(f: _Fetched, label: str, ck, clean, new: Certificate, strict: bool) -
     if verdict.ok:
         same_data = exp["data_sha256"] in (None, clean.data_sha256)
         try:
-            check_claims(f.card.meta, cert=ref, labels=clean.labels if same_data else None, results=f.results)
+            check_claims(f.card.meta, cert=ref, predicted=predicted, labels=clean.labels if same_data else None,
+                         results=f.results)
         except VerificationError as e:
             verdict = Verdict("failed", verdict.n, verdict.tau, reason=ADD_UP + str(e))
     return (strict_verdict(verdict) if strict else verdict), what
@@ -452,6 +461,9 @@ def pull(spec: str, *, data_dir: str | Path | None = None, verify: bool = True, 
     label = f"{f.repo_id}@{f.commit[:12]}" if f.repo_id and f.commit else (f.repo_id or str(f.spec))
     ck, sha, size = _check_identity(f, label)
     out = PullResult(f.card, f.path, sha, size, f.repo_id, f.commit, "skipped", origin=f.origin)
+    if f.first_use:
+        out.notes.append(f"the card pins no hash of the official file: this first download pinned it (URL and "
+                         f"SHA-256 {f.source_sha256[:16]}… recorded under {rbzoo_home()}); later pulls must match it")
     published = _published(f, sha)
     base = {"name": f.card.name, "origin": f.origin, "repo_id": f.repo_id, "revision": f.commit, "sha256": sha,
             "bytes": size, "path": str(f.path), "expected": f.card.expected, "published": published}

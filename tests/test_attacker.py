@@ -137,6 +137,38 @@ def test_A_card_claims_more_than_its_certificate(honest, cifar10_root, capsys):
         assert f"`rbzoo.expected.clean_correct` says {c + 5}, but its certificate's labels" in err and f"{c}" in err
 
 
+def test_A_card_pinning_only_a_prediction_digest(honest, cifar10_root, capsys):
+    """A card with the honest prediction digest but no certificate, claiming 5 more correct."""
+    card = load_card(honest / "README.md")
+    c = card.expected["clean_correct"]
+    _rewrite(honest, rb={"expected": dict(card.expected, clean_correct=c + 5, certificate_sha256=None, profile=None),
+                         "claimed": dict(card.rb["claimed"], clean_acc=round(2.0 * (c + 5), 2))}, drop_results=True)
+    err = _failed(capsys, honest, "--data-dir", cifar10_root)
+    assert f"`rbzoo.expected.clean_correct` says {c + 5}, but its prediction digest's labels" in err
+
+
+def test_push_refuses_an_inconsistent_card(tiny_checkpoint, tmp_path, cifar10_root):
+    """Results whose count the certificate's labels contradict (checked on the test data), or whose
+    robust count its flags contradict: push writes nothing."""
+    from rbzoo.exact import pack_flags
+
+    honest = _push(tiny_checkpoint, tmp_path / "pub", cifar10_root)
+    res = json.loads((honest / "results.json").read_text())
+    c = res["clean_correct"]
+    bad = dict(res, clean_correct=c + 5, clean_acc=(c + 5) / 50)
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(VerificationError, match=f"`rbzoo.expected.clean_correct` says {c + 5}"):
+        hub.push(tiny_checkpoint, to=tmp_path / "out1", results=tmp_path / "bad.json", data_dir=cifar10_root)
+    flags = np.zeros(50, bool)
+    flags[:3] = True
+    bad = dict(res, robust_flags=pack_flags(flags), robust_correct=9, robust_acc=9 / 50,
+               attack={"norm": "Linf", "eps": 8 / 255, "version": "standard"})
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(VerificationError, match="`results.json: robust_correct` says 9, but its robust_flags gives 3"):
+        hub.push(tiny_checkpoint, to=tmp_path / "out2", results=tmp_path / "bad.json")
+    assert not (tmp_path / "out1").exists() and not (tmp_path / "out2").exists()
+
+
 def test_A2_results_file_disagrees_with_the_card(honest, cifar10_root, capsys):
     card = load_card(honest / "README.md")
     _rewrite(honest, results={"clean_correct": card.expected["clean_correct"] + 5})
@@ -292,6 +324,17 @@ def test_D_folder_named_like_a_shipped_entry_marks_nothing(honest_template, tmp_
     assert rc == 0 and "verified" not in out
 
 
+def test_D_hub_card_named_like_a_shipped_entry_marks_nothing(server, tiny_checkpoint, tmp_path, cifar10_root):
+    from hub_server import TEST_TOKEN
+
+    hub.push(tiny_checkpoint, "test-user/squat", data_dir=cifar10_root, name=SHIPPED, endpoint=server.url,
+             token=TEST_TOKEN, cards_dir=tmp_path / "pusher-cards")
+    r = zoo.pull("test-user/squat", data_dir=cifar10_root, endpoint=server.url, token=TEST_TOKEN)
+    assert r.status == "verified" and r.card.name == SHIPPED and r.origin.startswith("hub:test-user/squat@")
+    (entry,) = [e for e in verified.list_zoo() if e.card.name == SHIPPED]
+    assert entry.status == "import from source"
+
+
 def test_E_write_card_of_a_squatting_folder_leaves_the_shipped_card(honest_template, tmp_path, cifar10_root, capsys):
     folder = _squatter(honest_template, tmp_path, cifar10_root, count_only=True)
     shipped = tmp_path / "cards" / f"{SHIPPED}.md"
@@ -363,6 +406,9 @@ def test_unpinned_source_is_never_verified(official, tmp_path, cifar10_root, cap
     assert rc == 0 and "NOT verified: unpinned source (count only)" in out and "verified (" not in out
     (entry,) = [e for e in verified.list_zoo() if e.card.name == "tiny-import"]
     assert entry.status == "unpinned source"
+    # --write-card would launder the unpinned file into a card that pins it: refused
+    rc, _, err = _pull(capsys, "tiny-import", "--source", src, "--data-dir", cifar10_root, "--write-card", "--force")
+    assert rc == 2 and "--write-card would pin whatever" in err
 
 
 def test_source_pinned_on_first_download(official, tmp_path, cifar10_root, capsys):
@@ -374,7 +420,9 @@ def test_source_pinned_on_first_download(official, tmp_path, cifar10_root, capsy
     src, other = official
     with FileServer(src.read_bytes()) as srv:
         _imported_card(tmp_path / "cards", srv.url)
-        zoo.pull("tiny-import", verify=False)
+        first = zoo.pull("tiny-import", verify=False)
+        assert any("this first download pinned it" in n for n in first.notes)
+        assert not zoo.pull("tiny-import", verify=False).notes  # pinned now: nothing to say
     err = _failed(capsys, "tiny-import", "--source", other, "--data-dir", cifar10_root)
     assert "the first download from" in err and "not the official file" in err
 

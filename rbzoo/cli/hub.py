@@ -121,8 +121,10 @@ def pull(
 
     Says which of three it was: exact (every label equals the reference), verified within
     numerical tolerance (only near-ties differ, named), or count only (the card has no per-sample
-    reference); anything else exits 3 and names the samples. Works offline from the cache with
-    HF_HUB_OFFLINE=1; a verified pull is recorded, so repeating it is instant.
+    reference); anything else, or a number of the card that does not follow from its certificate
+    and results, exits 3 and names the samples or the field. An imported entry converted from a
+    --source FILE that no hash pins says "unpinned source", never verified. Works offline from the
+    cache with HF_HUB_OFFLINE=1; a verified pull is recorded, so repeating it unchanged is instant.
     """
     if list_zoo:
         _print_zoo(cards_dir)
