@@ -23,6 +23,7 @@ class ZooEntry:
     card: Card
     path: Path
     status: str  # "verified" | "unverified" | "downloaded" | "not pulled" | "import from source" | "import: --source FILE"
+    #              | "reference: rbzoo reproduce NAME"
 
 
 def registry_path() -> Path:
@@ -49,6 +50,8 @@ def registry_key(repo_id: str | None, commit: str | None, sha256: str) -> str:
 
 
 def _status(card: Card, entries: dict[str, dict]) -> str:
+    if card.kind == "reference":  # nothing published: the entry is reproduced, not pulled
+        return f"reference: rbzoo reproduce {card.name}"
     if card.repo_id is None:  # imported entry: pull converts the authors' file
         recs = [r for r in entries.values() if r.get("name") == card.name and r.get("repo_id") is None]
         return next((r["status"] for r in recs if r.get("status") in ("verified", "unverified")), None) or (
