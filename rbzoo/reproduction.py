@@ -19,6 +19,7 @@ attack only lowers it further), otherwise it is *upper bound*, never *reproduced
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -121,13 +122,21 @@ def report_markdown(r: dict) -> str:
 
 def read_report(path: str | Path) -> dict:
     """A reproduction report (JSON), checked for the fields its readers use; ConfigError otherwise."""
-    path = Path(path)
+    return _parse_report(_read_bytes(Path(path)), Path(path))
+
+
+def _read_bytes(path: Path) -> bytes:
     try:
         if path.stat().st_size > MAX_REPORT_BYTES:
             raise ConfigError(f"{path}: larger than {MAX_REPORT_BYTES >> 20} MiB, not a reproduction report")
-        r = json.loads(path.read_text(encoding="utf-8"))
+        return path.read_bytes()
     except OSError as e:
         raise ConfigError(f"cannot read reproduction report {path}: {e.strerror or e}") from None
+
+
+def _parse_report(data: bytes, path: Path) -> dict:
+    try:
+        r = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ConfigError(f"{path}: not a reproduction report (invalid JSON: {e})") from None
     if not isinstance(r, dict) or r.get(REPORT_KEY) != REPORT_VERSION:
@@ -142,6 +151,18 @@ def read_report(path: str | Path) -> dict:
     except (KeyError, TypeError, AssertionError):
         raise ConfigError(f"{path}: malformed reproduction report (clean, robust, entry or model digest)") from None
     return r
+
+
+def for_card(path: str | Path, model_digest: str) -> tuple[bytes, dict]:
+    """(the report's bytes, the card's `rbzoo.reproduction`) for `rbzoo push --reproduction`: the
+    report must be about the pushed model."""
+    path = Path(path)
+    data = _read_bytes(path)
+    r = _parse_report(data, path)
+    if r["model"]["digest"] != model_digest:
+        raise ConfigError(f"{path} reports on another model (digest {r['model']['digest'][:12]}…), not on this "
+                          f"checkpoint ({model_digest[:12]}…)")
+    return data, card_summary(r, hashlib.sha256(data).hexdigest())
 
 
 def card_summary(r: dict, report_sha256: str) -> dict:
