@@ -334,6 +334,8 @@ def push(checkpoint: str | Path, repo_id: str | None = None, *, results: str | P
     local_path = default_cards_dir(cards_dir) / f"{name}.md"
     base = load_card(local_path) if local_path.is_file() else None
     rb, rargs, license = _card_block(ck, data, sha, res, cert, name, repo_id, dataset, describe(ckpt)["totals"]["float32_bytes"], base)
+    if base is not None and base.config:  # the entry's training config outlives a re-push under its name
+        rb["config"] = base.config
     extra = {}
     if reproduction is not None:
         extra[REPRODUCTION_FILE], rb["reproduction"] = reproduction_for_card(reproduction, ck.digest)

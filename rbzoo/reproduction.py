@@ -2,7 +2,7 @@
 
 `rbzoo reproduce` (:mod:`rbzoo.reproduce`) writes it; `rbzoo push --reproduction` carries it to a
 card; `rbzoo plot zoo` draws it. This module only knows the report: the verdict rule, the JSON
-layout, its markdown table and the summary a card keeps. No torch, no I/O beyond reading a report.
+layout, its markdown table and the summary a card keeps; it reads reports and writes nothing.
 
 The verdict of one number (accuracies in percent; [lo, hi] is the 95 % Wilson interval of the
 reproduction's k correct out of n test images, which covers test-set sampling only):
