@@ -251,3 +251,13 @@ def test_cifar_entry_end_to_end(cifar10_root, tmp_path):
         from rbzoo.reproduce import ReproduceOptions, make_plan
 
         make_plan(ReproduceOptions("rn18-cifar10-pgd", eval_only=run, overrides={"epochs": 2}))
+
+
+def test_differences_name_nested_keys():
+    from rbzoo.reproduce import differences
+
+    entry = {"epochs": 100, "attack": {"eps": 8 / 255, "steps": 10}, "keep": 0.01}
+    run = {"epochs": 100, "attack": {"eps": 8 / 255, "steps": 2}, "keep": 0.05}
+    assert differences(entry, run) == [{"key": "attack.steps", "entry": 10, "run": 2},
+                                       {"key": "keep", "entry": 0.01, "run": 0.05}]
+    assert differences(entry, dict(entry)) == []
