@@ -30,9 +30,9 @@ from .cards import Card, load_card
 from .checkpoint import read
 from .config import PAPER_COMPAT_DIFFERENCES, RUNTIME_FIELDS, TrainConfig, load_config
 from .constants import cards_dir as default_cards_dir
-from .data import DEFAULT_EPS, default_data_dir, get_spec
+from .data import default_data_dir, get_spec
 from .errors import ConfigError
-from .evaluate import EvalConfig, package_versions, run_eval
+from .evaluate import EvalConfig, run_eval
 from .reproduction import (DEFAULT_MARGIN, EVAL_JSON, REPORT_JSON, REPORT_KEY, REPORT_MD, REPORT_VERSION,
                            attack_match, judge, report_markdown, sampling_note)
 from .resolve import resolve_checkpoint
