@@ -35,6 +35,11 @@ RBZOO_KEYS = ("name", "repo_id", "revision", "checkpoint", "checkpoint_sha256", 
 # with the numerics profile it was made under. Without a certificate a pull can compare counts only.
 EXPECTED_KEYS = ("n_examples", "clean_correct", "predictions_sha256", "data_sha256", "certificate_sha256", "profile")
 CLAIMED_KEYS = ("clean_acc", "robust_acc")
+# Optional `rbzoo` fields: `config`, the shipped training config that reproduces the entry (`rbzoo
+# reproduce`); `kind`, "model" (the default) or "reference" (numbers to reproduce, no published
+# file); `reproduction`, the summary of a reproduction report carried by `rbzoo push --reproduction`.
+OPTIONAL_KEYS = ("config", "kind", "reproduction")
+KINDS = ("model", "reference")
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,95}$")
 REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -78,6 +83,14 @@ class Card:
     @property
     def dataset(self) -> str:
         return self.rb["dataset"]
+
+    @property
+    def kind(self) -> str:
+        return self.rb.get("kind") or "model"
+
+    @property
+    def config(self) -> str | None:
+        return self.rb.get("config")
 
     @property
     def expected(self) -> dict:
@@ -184,12 +197,13 @@ def validate_card(meta, source: str = "card") -> None:
     if "rbzoo" not in tags:
         f.fail(fld, "must include 'rbzoo'")
     rb = f.mapping(*f.get(meta, "rbzoo", ""))
-    f.exact_keys(rb, RBZOO_KEYS, "rbzoo")
+    f.exact_keys(rb, RBZOO_KEYS + OPTIONAL_KEYS, "rbzoo")
 
     def g(key):
         return f.get(rb, key, "rbzoo")
 
     _check_checkpoint_fields(f, g)
+    _check_optional_fields(f, rb)
     dataset, eps = _check_model_fields(f, g)
     clean, robust = _check_result_fields(f, g)
     ds_list, fld = f.get(meta, "datasets", "")
@@ -222,6 +236,36 @@ def _check_checkpoint_fields(f: _Fields, g) -> None:
     if repo_id is not None and (sha is None or size is None):
         f.fail("rbzoo.checkpoint_sha256" if sha is None else "rbzoo.checkpoint_bytes",
                "must be set when rbzoo.repo_id is (a published file is pinned by hash and size)")
+
+
+def _check_optional_fields(f: _Fields, rb: dict) -> None:
+    """rbzoo.config, rbzoo.kind, rbzoo.reproduction (each may be absent)."""
+    config = f.string(rb.get("config"), "rbzoo.config", pattern=NAME_RE, what="a shipped config name", nullable=True)
+    kind = rb.get("kind") or "model"
+    if kind not in KINDS:
+        f.fail("rbzoo.kind", f"must be one of {', '.join(KINDS)}, got {_show(kind)}")
+    if kind == "reference":  # the numbers to reproduce, and nothing to download
+        for key in ("repo_id", "revision", "checkpoint_sha256", "checkpoint_bytes", "model_digest", "source_url",
+                    "source_sha256"):
+            if rb.get(key) is not None:
+                f.fail(f"rbzoo.{key}", "must be null in a reference entry (kind: reference publishes no model)")
+        if config is None:
+            f.fail("rbzoo.config", "must name the config that reproduces a reference entry")
+    rep = rb.get("reproduction")
+    if rep is not None:
+        f.mapping(rep, "rbzoo.reproduction")
+        for key in ("by", "entry", "created"):
+            f.string(*f.get(rep, key, "rbzoo.reproduction"))
+        f.string(*f.get(rep, "report_sha256", "rbzoo.reproduction"), pattern=HEX64, what="a 64-hex SHA-256")
+        for key in ("clean", "robust"):
+            row, fld = f.get(rep, key, "rbzoo.reproduction")
+            if row is None and key == "robust":
+                continue
+            f.mapping(row, fld)
+            f.number(*f.get(row, "acc", fld), lo=0.0, hi=100.0)
+            v, vfld = f.get(row, "verdict", fld)
+            if v not in ("reproduced", "below", "above", "upper bound", None):
+                f.fail(vfld, f"must be reproduced, below, above, upper bound or null, got {_show(v)}")
 
 
 def _check_model_fields(f: _Fields, g) -> tuple[str, float]:
@@ -405,7 +449,7 @@ def build_card(rb: dict, *, robust_args: dict | None = None, license: str = "mit
     `robust_args` ({norm, eps, version}) describe the robust metric; default Linf at `rb["eps"]`,
     AutoAttack standard.
     """
-    rb = {k: rb.get(k) for k in RBZOO_KEYS}
+    rb = {k: rb.get(k) for k in RBZOO_KEYS} | {k: rb[k] for k in OPTIONAL_KEYS if rb.get(k) is not None}
     ds = rb["dataset"]
     metrics = [{"type": "accuracy", "name": "Clean accuracy", "value": rb["claimed"]["clean_acc"]}]
     if rb["claimed"].get("robust_acc") is not None:
@@ -459,6 +503,8 @@ def _card_rows(meta: dict, spec: str) -> list[tuple[str, str]]:
                      f"{claimed['robust_acc']:.2f} % (claimed; attacks are randomized, expect small differences)"))
     else:
         rows.append(("robust accuracy", f"not measured yet (`rbzoo eval {spec}` at ε = {eps_label(rb['eps'])})"))
+    if rb.get("reproduction"):
+        rows.append(("reproduction", reproduction_text(rb["reproduction"])))
     if rb["checkpoint_bytes"]:
         ratio = rb["float32_bytes"] / rb["checkpoint_bytes"]
         rows.append(("checkpoint", f"`{rb['checkpoint']}`, {rb['checkpoint_bytes']:,} bytes, SHA-256 "
@@ -483,6 +529,18 @@ def pinned_by(rb: dict) -> str:
     return ("no file hash: the first download of the official file is recorded (URL and SHA-256, trust on "
             "first use) and later pulls must match it; a pull from `--source FILE` says *unpinned source*"
             + (f"; {', '.join(pins)}" if pins else ""))
+def reproduction_text(rep: dict) -> str:
+    """One line of a card: who reproduced the entry, where, and each number's verdict."""
+    parts = []
+    for key, label in (("clean", "clean"), ("robust", "robust")):
+        row = rep.get(key)
+        if row is not None:
+            lo, hi = row["wilson95"]
+            parts.append(f"{label} {row['acc']:.2f} % [{lo:.2f}, {hi:.2f}] *{row['verdict'] or 'no paper number'}*")
+    modified = f"; modified config: {', '.join(rep['modified'])}" if rep.get("modified") else ""
+    attack = f" (robust: {rep['attack']})" if rep.get("attack") else ""
+    return (f"reproduced by {rep['by']} on {rep.get('hardware') or 'unknown hardware'}, {rep['created'][:10]}, as `rbzoo reproduce "
+            f"{rep['entry']}`: {', '.join(parts)}{attack}{modified}; report `reproduction.json`")
 
 
 def card_body(meta: dict) -> str:

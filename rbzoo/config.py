@@ -26,6 +26,18 @@ LR_SCHEDULES = ("cosine", "multistep", "constant")
 # Fields that only say where/how to run, not what is trained: they may change on --resume and are
 # left out of the checkpoint's `rbzoo.train` metadata (they hold machine-specific paths).
 RUNTIME_FIELDS = ("data_dir", "download", "device", "num_workers", "cpu_threads", "tensorboard")
+# What `paper_compat` switches (docs/training.md#default-vs---paper-compat): (setting, rbzoo's
+# default, the official code's). A reproduction report names them for a run with the defaults.
+PAPER_COMPAT_DIFFERENCES = (
+    ("BN running statistics during training attacks", "frozen (only the training forward updates them)",
+     "updated by every attack forward"),
+    ("PGD iterate used for training", "the final iterate", "the highest-loss iterate before the last step"),
+    ("PGD-10 iterate on validation/test", "the highest-loss iterate including the last step",
+     "the highest-loss iterate before the last step"),
+    ("robust accuracy on validation/test (model selection)", "correct both clean and under attack",
+     "correct under attack"),
+    ("TRADES clean forward", "once per step", "twice in train mode (two BN updates)"),
+)
 
 
 @dataclass

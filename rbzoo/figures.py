@@ -26,6 +26,7 @@ from .errors import CheckpointError, ConfigError, DataError
 from .labels import attack_label, eps_label
 from .layers import kept_count
 from .pruning import allocate_keep
+from .reproduction import REPORT_KEY, read_report
 
 DEFAULT_PS = (0.0, 0.5, 1.0)
 BAND = (5.0, 95.0)  # percentiles of the random-placement band
@@ -529,6 +530,33 @@ def results_point(path: str | os.PathLike, cards: Sequence[dict] = ()) -> dict:
     }
 
 
+def reproduction_point(path: str | os.PathLike, report: dict) -> dict:
+    """A zoo point from a reproduction report: the reproduction's robust accuracy with its 95 %
+    interval, and the paper's number it was judged against (percent). The size is the evaluated
+    checkpoint's, when that file is still there with the same SHA-256."""
+    rows = {k: report.get(k) if isinstance(report.get(k), dict) else None for k in ("clean", "robust")}
+    model = report.get("model") or {}
+    mpath, sha = Path(str(model.get("path") or "")), model.get("file_sha256")
+    size = f32 = None
+    if model.get("path") and mpath.is_file() and (not sha or file_sha256(mpath)[0] == sha):
+        size = mpath.stat().st_size
+        try:
+            f32 = float32_bytes(read(mpath))
+        except CheckpointError:
+            f32 = None
+    rob, clean = rows["robust"] or {}, rows["clean"] or {}
+    attack = report.get("attack") or {}
+    return {
+        "name": f"{report.get('entry')} (reproduced)", "source": "reproduction", "path": str(path),
+        "robust_acc": _num(rob.get("ours")), "robust_ci": rob.get("wilson95"), "paper_robust_acc": _num(rob.get("paper")),
+        "robust_verdict": rob.get("verdict"), "upper_bound": bool(rob.get("upper_bound")),
+        "clean_acc": _num(clean.get("ours")), "paper_clean_acc": _num(clean.get("paper")),
+        "clean_verdict": clean.get("verdict"), "checkpoint_bytes": size, "size_source": "file" if size else None,
+        "float32_bytes": f32, "sha256": sha, "arch": None, "dataset": report.get("dataset"), "eps": _num((attack.get("run") or {}).get("eps")), "entry": report.get("entry"),
+        "keep": None, "p": None, "objective": None,
+    }
+
+
 def pareto_front(sizes: Sequence[float], accs: Sequence[float]) -> list[int]:
     """Indices of the points no other point beats (smaller-or-equal size and higher-or-equal
     accuracy, one strictly), ordered by size. Exact duplicates keep their first occurrence."""
@@ -548,16 +576,20 @@ def zoo_data(inputs: Sequence[str | os.PathLike]) -> dict:
     """
     if not inputs:
         raise ConfigError("zoo: give at least one model card (.md) or results file (.json)")
-    cards, results = [], []
+    cards, results, reproductions = [], [], []
     for p in inputs:
         suffix = Path(p).suffix.lower()
         if suffix == ".md":
             cards.append(card_point(p))
         elif suffix == ".json":
-            results.append(p)
+            obj = read_json(p)
+            if REPORT_KEY in obj:
+                reproductions.append(reproduction_point(p, read_report(p)))
+            else:
+                results.append(p)
         else:
-            raise DataError(f"{p}: expected a model card (.md) or a results file (.json)")
-    points = cards + [results_point(p, cards) for p in results]
+            raise DataError(f"{p}: expected a model card (.md), a results file or a reproduction report (.json)")
+    points = cards + [results_point(p, cards) for p in results] + reproductions
     usable, skipped = [], []
     for pt in points:
         if pt["robust_acc"] is None:
@@ -575,6 +607,8 @@ def zoo_data(inputs: Sequence[str | os.PathLike]) -> dict:
                         f"{first['path']}: {first['reason']}{more}")
     by_dataset: dict[str, list[int]] = {}
     for i, pt in enumerate(usable):
+        if pt["source"] == "reproduction":  # a second measurement of a published entry, not another model
+            continue
         by_dataset.setdefault(str(pt["dataset"]), []).append(i)
     # One front per dataset: robust accuracies on different datasets (and budgets) do not compare.
     fronts = {}

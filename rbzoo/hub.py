@@ -35,11 +35,13 @@ from .data import DEFAULT_EPS, get_dataset, get_spec
 from .errors import CheckpointError, ConfigError, DataError, HubError, RbzooError, VerificationError
 from .exact import clean_accuracy
 from .inspection import describe
+from .reproduction import for_card as reproduction_for_card
 from .verdict import Certificate, check_claims, compare
 
 CARD_FILE = "README.md"
 CHECKPOINT_FILE = "model.safetensors"
 RESULTS_FILE = "results.json"
+REPRODUCTION_FILE = "reproduction.json"  # with `push --reproduction`: the report the card's row summarizes
 
 # `progress(description, total)` returns a callback taking the number of items just done.
 Progress = Callable[[str, int], Callable[[int], None]]
@@ -305,7 +307,8 @@ def push(checkpoint: str | Path, repo_id: str | None = None, *, results: str | P
          data_dir: str | Path | None = None, revision: str | None = None, private: bool = False,
          create_pr: bool = False, endpoint: str | None = None, token: str | None = None,
          name: str | None = None, to: str | Path | None = None, cards_dir: str | Path | None = None,
-         device: str = "cpu", progress: Progress | None = None, force: bool = False) -> PushResult:
+         device: str = "cpu", progress: Progress | None = None, force: bool = False,
+         reproduction: str | Path | None = None) -> PushResult:
     """Publish a checkpoint with its card and results: one Hub commit, or a folder with `to`.
 
     Refuses a checkpoint that does not load, results for another model, and a push without a
@@ -313,7 +316,8 @@ def push(checkpoint: str | Path, repo_id: str | None = None, *, results: str | P
     checkpoint, or computed on `data_dir`'s test split; with both, they must agree under the
     certificate rules). Files in `to` are replaced only with `force`, and never when one of them
     is an input. After a Hub push the zoo's local card `<cards_dir>/<name>.md` is created or
-    updated with the pinned commit.
+    updated with the pinned commit. `reproduction`: an `rbzoo reproduce` report of this model, uploaded
+    beside the card, which then says who reproduced which entry, with what verdicts.
     """
     if repo_id is None and to is None:
         raise ConfigError("give a REPO_ID (org/name) to push to the Hub, or --to DIR to write a folder")
@@ -336,15 +340,20 @@ def push(checkpoint: str | Path, repo_id: str | None = None, *, results: str | P
     local_path = default_cards_dir(cards_dir) / f"{name}.md"
     base = load_card(local_path) if local_path.is_file() else None
     rb, rargs, license = _card_block(ck, data, sha, res, cert, name, repo_id, dataset, describe(ckpt)["totals"]["float32_bytes"], base)
+    if base is not None and base.config:  # the entry's training config outlives a re-push under its name
+        rb["config"] = base.config
+    extra = {}
+    if reproduction is not None:
+        extra[REPRODUCTION_FILE], rb["reproduction"] = reproduction_for_card(reproduction, ck.digest)
     card = build_card(rb, robust_args=rargs, license=license)
     # Every number the card states must follow from its certificate (and the test labels, when
     # evaluated here) and from the results: an inconsistent card is never written.
     check_claims(card.meta, cert=cert, labels=labels, results=res)
     res = dict(res, model={**(res.get("model") or {}), "path": CHECKPOINT_FILE, "file_sha256": sha})
     files = {CHECKPOINT_FILE: data, RESULTS_FILE: (json.dumps(res, indent=2) + "\n").encode(),
-             CARD_FILE: card.render().encode("utf-8")}
+             CARD_FILE: card.render().encode("utf-8"), **extra}
     if to is not None:
-        _write_folder(Path(to), files, inputs=(ckpt, res_path), force=force)
+        _write_folder(Path(to), files, inputs=(ckpt, res_path, reproduction), force=force)
         return PushResult(card, repo_id, folder=Path(to), evaluated=evaluated)
     description = (f"{ck.arch.get('id')} on {dataset}: clean {card.rb['claimed']['clean_acc']:.2f} % "
                    f"({res['clean_correct']}/{res['n_examples']}), checkpoint SHA-256 {sha}")
@@ -362,7 +371,7 @@ def _write_folder(out: Path, files: dict[str, bytes], *, inputs: tuple, force: b
         raise ConfigError(f"--to {out}: exists and is not a folder")
     for fname in files:
         check_output(out / fname, inputs=inputs, force=force, kind="--to")
-    for fname in (CHECKPOINT_FILE, RESULTS_FILE, CARD_FILE):  # the card last: it marks a complete folder
+    for fname in sorted(files, key=lambda f: f == CARD_FILE):  # the card last: it marks a complete folder
         write_bytes(out / fname, files[fname])
 
 

@@ -297,6 +297,9 @@ def draw_zoo(data: dict) -> Figure:
         shown = set()
         for p in pts:
             c = colour[str(p["dataset"])]
+            if p["source"] == "reproduction":
+                _reproduction_marks(ax, p, c, shown)
+                continue
             marker = "o" if p["source"] == "card" else "s"
             label = f"{p['dataset']} ({'card' if p['source'] == 'card' else 'eval results'})"
             ax.scatter([p["checkpoint_bytes"]], [p["robust_acc"]], color=c, marker=marker, s=42, zorder=3,
@@ -322,11 +325,31 @@ def draw_zoo(data: dict) -> Figure:
         _bytes_axis(ax)
         ax.set_xlabel("checkpoint size (bytes, log scale)")
         ax.set_ylabel("robust accuracy (%)")
-        ax.set_ylim(0, min(100.0, max(p["robust_acc"] for p in pts) * 1.12 + 2))
+        top = max(max(p["robust_acc"], (p.get("robust_ci") or [0, 0])[1] * 1.0, p.get("paper_robust_acc") or 0.0)
+                  for p in pts)
+        ax.set_ylim(0, min(100.0, top * 1.12 + 2))
         ax.legend(loc="best")
         ax.set_title(f"rbzoo: robust accuracy vs size ({_count(len(pts), 'model')})"
                      + (f"; {len(data['skipped'])} input(s) without size or robust accuracy left out" if data["skipped"] else ""))
     return fig
+
+
+def _reproduction_marks(ax, p: dict, c, shown: set) -> None:
+    """A reproduction: its robust accuracy with the 95 % interval (a triangle with error bars; open
+    when a cheaper attack made it an upper bound), the paper's number as a star at the same size."""
+    x, y = p["checkpoint_bytes"], p["robust_acc"]
+    lo, hi = p.get("robust_ci") or (y, y)
+    label = "reproduction, 95 % interval" + (" (upper bound: cheaper attack)" if p["upper_bound"] else "")
+    ax.errorbar([x], [y], yerr=[[y - lo], [hi - y]], fmt="^", color=c, markersize=7, capsize=3, zorder=3,
+                markerfacecolor="white" if p["upper_bound"] else c, label=None if label in shown else label)
+    shown.add(label)
+    if p.get("paper_robust_acc") is not None:
+        ax.plot([x, x], [p["paper_robust_acc"], y], color=c, linestyle="--", linewidth=0.8, zorder=2)
+        ax.scatter([x], [p["paper_robust_acc"]], marker="*", s=110, color=c, edgecolor="black", linewidth=0.5,
+                   zorder=3, label=None if "paper" in shown else "paper's number (reproduced entry)")
+        shown.add("paper")
+    ax.annotate(f"{p['name']}: {p.get('robust_verdict') or '—'}", (x, y), textcoords="offset points", xytext=(7, -10),
+                fontsize=7)
 
 
 def _overlap_counts(ax, x: np.ndarray, rows: list[dict], a: str, b: str) -> None:

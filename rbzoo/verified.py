@@ -23,6 +23,7 @@ class ZooEntry:
     card: Card
     path: Path
     status: str  # "verified" | "unverified" | "unpinned source" | "downloaded" | "not pulled" | "import from source" | "import: --source FILE"
+    #              | "reference: rbzoo reproduce NAME"
 
 
 def registry_path() -> Path:
@@ -69,6 +70,9 @@ _ORDER = ("verified", "unverified", "unpinned source", "downloaded")
 
 
 def _status(card: Card, entries: dict[str, dict]) -> str:
+    if card.kind == "reference":  # nothing published: the entry is reproduced, not pulled
+        return f"reference: rbzoo reproduce {card.name}"
+
     def mine(r: dict) -> bool:  # the same origin, the model and the claim this card pins
         if card.repo_id is None:
             same = r.get("origin") == zoo_origin(card.name)

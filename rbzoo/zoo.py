@@ -451,6 +451,9 @@ def pull(spec: str, *, data_dir: str | Path | None = None, verify: bool = True, 
     if s is None:
         raise HubError(f"{spec!r} is not a zoo name (see `rbzoo pull --list`; cards in "
                        f"{default_cards_dir(cards_dir)}), a Hub repo id org/name[@revision], or a folder")
+    if s.kind == "card" and s.card.kind == "reference":
+        raise ConfigError(f"{spec} is a reference entry: no published model to pull; train and judge one with "
+                          f"`rbzoo reproduce {spec} --out runs/{spec}`")
     imported = s.kind == "card" and s.card.repo_id is None
     if source is not None and not imported:
         raise ConfigError("--source is only for imported zoo entries that are not on the Hub (see `rbzoo pull --list`)")

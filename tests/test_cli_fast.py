@@ -55,7 +55,8 @@ def test_every_help_version_and_zoo_list_import_no_torch(tmp_path):
     cards.mkdir()
     shutil.copy(ROOT / "cards" / "rn34-cifar10-pgd.md", cards)
     commands = [["--version"], ["pull", "--list", "--cards-dir", str(cards)], ["data", "imagenet100", "--help"]]
-    commands += [[c, "--help"] for c in ("train", "eval", "info", "export", "push", "pull", "convert", "plot", "data")]
+    commands += [[c, "--help"] for c in ("train", "eval", "info", "export", "push", "pull", "convert", "plot", "data",
+                                               "reproduce")]
     code = _PROBE.format(heavy=HEAVY, commands=commands)
     proc = subprocess.run([sys.executable, "-c", code], env=_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -70,6 +70,8 @@ def push(
     cards_dir: Annotated[Optional[Path], _CARDS] = None,
     device: Annotated[str, typer.Option("--device", help="Device for --data-dir evaluation.")] = "cpu",
     force: Annotated[bool, typer.Option("--force", help="With --to: replace the files of an earlier push there.")] = False,
+    reproduction: Annotated[Optional[Path], typer.Option("--reproduction", help="An `rbzoo reproduce` report of this "
+                            "model (reproduction.json): published beside it; the card says who reproduced it.")] = None,
 ) -> None:
     """Publish a checkpoint, its card and results in ONE commit (or into a folder with --to).
 
@@ -82,11 +84,12 @@ def push(
     with _Bars() as bars:
         r = hub.push(checkpoint, repo_id, results=results, data_dir=data_dir, revision=revision, private=private,
                      create_pr=create_pr, endpoint=endpoint, token=token, name=name, to=to, cards_dir=cards_dir,
-                     device=device, progress=bars, force=force)
+                     device=device, progress=bars, force=force, reproduction=reproduction)
     exp = r.card.expected
     acc = f"clean {exp['clean_correct']}/{exp['n_examples']} ({pct(r.card.rb['claimed']['clean_acc'], of=100)})"
     if r.folder is not None:
-        console.print(f"wrote {r.folder}: {hub.CARD_FILE}, {hub.CHECKPOINT_FILE}, {hub.RESULTS_FILE} ({acc})")
+        also = f", {hub.REPRODUCTION_FILE}" if reproduction is not None else ""
+        console.print(f"wrote {r.folder}: {hub.CARD_FILE}, {hub.CHECKPOINT_FILE}, {hub.RESULTS_FILE}{also} ({acc})")
         console.print(f"on the other machine: rbzoo pull {r.folder}", highlight=False)
         return
     console.print(f"pushed {r.card.name} to {r.repo_id} in one commit ({acc}): {r.commit_url}", highlight=False)
