@@ -17,6 +17,7 @@ transport and push) and :mod:`rbzoo.convert` (official file → format-v1 checkp
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from ._io import file_sha256, read_json, write_json, write_text
 from .cards import NAME_RE, REPO_RE, Card, build_card, load_card
-from .checkpoint import build, checkpoint_dataset, read
+from .checkpoint import build, checkpoint_dataset, load, read
 from .constants import cards_dir as default_cards_dir
 from .constants import rbzoo_home
 from .convert import convert_official
@@ -67,6 +68,12 @@ class PullResult:
     notes: list[str] = field(default_factory=list)
     card_block: dict | None = None  # the `expected` block a maintainer would publish (count-only cards)
     written_card: Path | None = None
+
+    @functools.cached_property
+    def model(self):
+        """The pulled network, ready to use: loaded strictly from `path` (digest-verified, eval mode,
+        folded), on the CPU, on first access."""
+        return load(self.path)
 
     @property
     def label(self) -> str:
