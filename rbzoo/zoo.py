@@ -41,6 +41,7 @@ from .verified import registry_put as _registry_put
 
 CERTIFICATE_SUFFIX = ".certificate.json"  # beside a card in the cards folder: <name>.certificate.json
 
+
 @dataclass
 class Spec:
     kind: str  # "folder" | "card" | "repo"
