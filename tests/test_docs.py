@@ -110,7 +110,7 @@ def _clean(argv: list[str]) -> list[str]:
     """Doc notation out: `[--json]` → `--json`, `…` (any subcommand, more inputs) dropped."""
     out = []
     for tok in argv:
-        tok = tok.strip("[]") if tok.startswith("[") or tok.endswith("]") and not tok.startswith("-") else tok
+        tok = tok[1:-1] if tok.startswith("[") and tok.endswith("]") else tok  # an optional part
         if tok in ("…", "...") or not tok:
             continue
         out.append(tok.rstrip("…") if tok.endswith("…") and len(tok) > 1 else tok)
