@@ -14,10 +14,11 @@ __version__ = "0.2.0"
 _LAZY = {
     "create_model": ".models", "list_models": ".models",
     "load": ".checkpoint", "read": ".checkpoint", "save": ".checkpoint",
+    "pull": ".zoo", "push": ".hub",
     "RbzooError": ".errors",
 }
 
-__all__ = ["__version__", "create_model", "list_models", "load", "read", "save", "RbzooError"]
+__all__ = ["__version__", "create_model", "list_models", "load", "read", "save", "pull", "push", "RbzooError"]
 
 
 def __getattr__(name: str):

@@ -279,7 +279,8 @@ def _push_results(ckpt: Path, ck: Checkpoint, model, sha: str, results, data_dir
     if dataset is None:
         raise ConfigError(f"{ckpt}: no `rbzoo.dataset` metadata and no results naming the dataset")
     get_spec(dataset)
-    if data_dir is None:
+    bundled = dataset == "digits"  # ships with scikit-learn: evaluated without a data folder
+    if data_dir is None and not (bundled and res is None):
         if res is None:
             raise ConfigError(f"no clean-accuracy result for {ckpt}: run `rbzoo eval {ckpt} --out "
                               f"{ckpt.with_name(ckpt.stem + '.results.json')}`, or pass --results FILE or --data-dir DIR")

@@ -23,6 +23,7 @@ tests/test_attacker.py plays each row of it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -33,7 +34,7 @@ from pathlib import Path
 
 from ._io import canonical_json, check_output, file_sha256, read_json, write_json, write_text
 from .cards import NAME_RE, REPO_RE, Card, build_card, load_card
-from .checkpoint import build, checkpoint_dataset, read
+from .checkpoint import build, checkpoint_dataset, load, read
 from .constants import cards_dir as default_cards_dir
 from .constants import rbzoo_home
 from .convert import CONVERTER_VERSION, convert_official
@@ -50,6 +51,7 @@ from .verified import registry_key as _key
 from .verified import registry_put as _registry_put
 
 CERTIFICATE_SUFFIX = ".certificate.json"  # beside a card in the cards folder: <name>.certificate.json
+
 
 @dataclass
 class Spec:
@@ -79,6 +81,12 @@ class PullResult:
     card_block: dict | None = None  # the `expected` block a maintainer would publish (count-only cards)
     written_card: Path | None = None
     origin: str = ""  # where the model came from: zoo:NAME | hub:REPO@COMMIT | folder:PATH (the registry's key)
+
+    @functools.cached_property
+    def model(self):
+        """The pulled network, ready to use: loaded strictly from `path` (digest-verified, eval mode,
+        folded), on the CPU, on first access."""
+        return load(self.path)
 
     @property
     def label(self) -> str:

@@ -71,7 +71,7 @@ _LAZY_PROBE = """
 import sys, rbzoo
 assert "torch" not in sys.modules, "import rbzoo imported torch"
 assert issubclass(rbzoo.RbzooError, Exception) and "torch" not in sys.modules, "RbzooError imported torch"
-names = ["create_model", "load", "read", "save", "list_models"]
+names = ["create_model", "load", "read", "save", "list_models", "pull", "push"]
 print(" ".join(getattr(rbzoo, n).__module__ for n in names), "torch" in sys.modules, set(names) <= set(dir(rbzoo)))
 try:
     rbzoo.no_such_name
@@ -85,5 +85,6 @@ def test_package_names_load_on_first_use(tmp_path):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     first, second = proc.stdout.splitlines()
-    assert first == "rbzoo.models._registry rbzoo.checkpoint rbzoo.checkpoint rbzoo.checkpoint rbzoo.models._registry True True"
+    assert first == ("rbzoo.models._registry rbzoo.checkpoint rbzoo.checkpoint rbzoo.checkpoint rbzoo.models._registry "
+                     "rbzoo.zoo rbzoo.hub True True")
     assert second.startswith("AttributeError") and "no_such_name" in second

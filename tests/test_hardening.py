@@ -164,7 +164,7 @@ BAD_INPUT = [
     ("train-out-is-file", ["train", "-c", "quickstart", "--out", "{root}/existing.safetensors", "--epochs", "1"], 2,
      "exists and is not a folder"),
     ("train-resume-not-a-run", ["train", "--resume", "{root}/folder"], 2, "not an rbzoo run folder"),
-    ("write-under-a-file", EVAL + ["--clean-only", "--out", "{root}/existing.safetensors/r.json"], 1,
+    ("write-under-a-file", EVAL + ["--clean-only", "--out", "{root}/existing.safetensors/r.json"], 2,
      "existing.safetensors: not a folder, cannot write r.json in it"),
 ]
 

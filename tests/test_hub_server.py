@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 from pathlib import Path
 
 import httpx2
@@ -218,10 +217,10 @@ def test_auth_and_not_found_errors(api, server, cache, seeded):
 
 def test_injected_500(api, server, cache, seeded):
     server.fail_next(500, path_contains="/api/models/")
-    t0 = time.monotonic()
+    server.request_log.clear()
     with pytest.raises(HfHubHTTPError) as e:
         api.model_info(REPO)  # HfApi JSON calls: no retry
-    assert e.value.response.status_code == 500 and time.monotonic() - t0 < 1
+    assert e.value.response.status_code == 500 and len(server.request_log) == 1
     # snapshot_download: repo_info is not retried; with nothing cached -> LocalEntryNotFoundError.
     server.fail_next(500, count=1, path_contains="/revision/")
     with pytest.raises(LocalEntryNotFoundError):
@@ -238,9 +237,9 @@ def test_injected_500(api, server, cache, seeded):
     assert isinstance(e.value.__cause__, HfHubHTTPError) and e.value.__cause__.response.status_code == 501
     # Paginated listings go through http_backoff: one 500 costs a 1 s sleep, then succeed.
     server.fail_next(500, count=1, path_contains="/tree/")
-    t0 = time.monotonic()
+    server.request_log.clear()
     assert "README.md" in api.list_repo_files(REPO)
-    assert 1 <= time.monotonic() - t0 < 3
+    assert [m for m, p in server.request_log if "/tree/" in p] == ["GET", "GET"]  # the failed one, then the retry
     # Persistent 5xx but the revision is cached -> the client silently serves the cached copy.
     server.fail_next(503, count=100, path_contains="/resolve/")
     assert Path(_dl(server, cache, "README.md")).read_bytes() == README
@@ -253,10 +252,8 @@ def test_injected_500(api, server, cache, seeded):
 
 def test_truncated_download_raises(server, cache, seeded):
     server.truncate_downloads = 1000
-    t0 = time.monotonic()
     with pytest.raises(httpx2.RemoteProtocolError):
         _dl(server, cache, "model.safetensors")
-    assert time.monotonic() - t0 < 15
     gets = [p for m, p in server.request_log if m == "GET" and "/resolve/" in p]
     assert len(gets) == 6  # first GET + 5 Range resumes without progress
     snap = Path(cache) / "models--test-user--tiny" / "snapshots"

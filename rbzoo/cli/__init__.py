@@ -109,7 +109,9 @@ def _os_error(e: OSError) -> int:
         msg += "; nothing was corrupted (rbzoo writes every file atomically)"
         hint = _resume_text()
         msg += f": free some space, then resume with: {hint}" if hint else ": free some space and run the command again"
-    return _fail(msg, EXIT_OS)
+    # A file where a folder must be (or the reverse) is a path the user gave: bad input, like
+    # `train --out FILE`, not the system refusing.
+    return _fail(msg, EXIT_USAGE if e.errno in (errno.ENOTDIR, errno.EISDIR) else EXIT_OS)
 
 
 def _interrupted() -> int:
