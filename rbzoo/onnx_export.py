@@ -33,6 +33,7 @@ import torch.nn as nn
 from . import __version__
 from ._io import atomic_path, check_output, file_sha256
 from .checkpoint import build, dataset_name, model_digest_of, read
+from .constants import ONNX_BN_MODES, ONNX_VARIANTS
 from .data import dataset_metadata, get_dataset, get_spec
 from .errors import CheckpointError, ConfigError, VerificationError
 from .evaluate import select_indices
@@ -42,8 +43,7 @@ from .models._registry import ARCHITECTURES, fold
 from .models.resnet import Bottleneck, ResNet
 from .resolve import Resolver, resolve_checkpoint
 
-VARIANTS = ("dense", "int8", "sparse")
-BN_MODES = ("fold", "explicit")
+VARIANTS, BN_MODES = ONNX_VARIANTS, ONNX_BN_MODES
 DEFAULT_OPSET = 17
 # Near-tie tolerance of the verification: onnxruntime is one more float32 evaluation, so the
 # certificate's float32 τ applies (measured onnxruntime-vs-torch relative deviation: ~3e-6).

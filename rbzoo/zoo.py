@@ -34,6 +34,7 @@ from .errors import ConfigError, HubError, RbzooError, VerificationError
 from .exact import TAU, Certificate, Verdict, check_profile, clean_accuracy, compare, compare_count
 from .fetch import download
 from .hub import CARD_FILE, RESULTS_FILE, fetch_hub, load_test_split
+from .resolve import looks_local
 from .verified import registry_entries
 from .verified import registry_key as _key
 from .verified import registry_put as _registry_put
@@ -441,9 +442,7 @@ def resolve_remote(spec: str) -> Path | None:
     clean accuracy is not re-evaluated here (eval measures it), but a copy that `rbzoo pull` found
     not to reproduce its card is refused.
     """
-    path = Path(spec).expanduser()
-    if path.exists() or spec.endswith((".safetensors", ".pth", ".pt")) or (
-            len(path.parts) > 1 and Path(path.parts[0]).is_dir()):  # "runs/typo": a local path, not org/name
+    if looks_local(spec):
         return None
     s = parse_spec(spec)
     if s is None or s.kind == "folder":

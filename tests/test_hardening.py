@@ -137,7 +137,7 @@ BAD_INPUT = [
     ("eps-out-of-range", EVAL + ["--eps", "2"], 2, "out of range for Linf"),
     ("norm-unknown", EVAL + ["--norm", "L3"], 2, "L3"),
     ("batch-size-not-int", EVAL + ["--batch-size", "abc"], 2, "Invalid value for '--batch-size'"),
-    ("eval-missing-model", ["eval"], 2, "Missing argument 'model'"),
+    ("eval-missing-model", ["eval"], 2, "Missing argument 'MODEL'"),
     ("eval-out-is-folder", EVAL + ["--clean-only", "--out", "{root}/folder"], 2, "is a folder"),
     ("eval-no-data", EVAL + ["--clean-only", "--data-dir", "{root}/folder"], 2, "cifar10 not found in"),
     ("eval-hostile-cifar", EVAL + ["--clean-only", "--data-dir", "{root}/hostile"], 2,

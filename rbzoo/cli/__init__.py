@@ -12,10 +12,63 @@ import warnings as _warnings
 
 import typer
 from rich.console import Console
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from ..errors import RbzooError, RbzooWarning
 
-app = typer.Typer(
+
+class _Readable:
+    """Help that reads as a user types: flags show no `<bool>`, arguments read MODEL, and the usage
+    line reads `MODEL [OUT] INPUTS...` (typer's own is `{model} [[OUT]] {inputs}...`), and a docstring's
+    paragraphs are re-wrapped to the terminal (typer keeps their source line breaks)."""
+
+    def __init__(self, *args, help: str | None = None, **kwargs) -> None:
+        if help:
+            import inspect
+
+            help = "\n\n".join(p if p.startswith("\b") else " ".join(p.split())
+                                 for p in inspect.cleandoc(help).split("\n\n"))
+        super().__init__(*args, help=help, **kwargs)
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for p in params:
+            if isinstance(p, TyperOption) and p.is_flag and p.metavar is None:
+                p.metavar = ""  # what a flag is needs no type: it takes no value
+            elif isinstance(p, TyperArgument) and p.metavar is None:
+                p.metavar = p.name.upper() + ("..." if p.nargs != 1 else "")
+        return params
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        rv = [self.options_metavar] if self.options_metavar else []
+        for p in self.get_params(ctx):
+            if isinstance(p, TyperArgument):
+                rv.append(p.metavar if p.required else f"[{p.metavar}]")
+        if isinstance(self, TyperGroup):
+            rv.append(self.subcommand_metavar)
+        return rv
+
+
+class _Command(_Readable, TyperCommand):
+    pass
+
+
+class _Group(_Readable, TyperGroup):
+    pass
+
+
+class App(typer.Typer):
+    """typer.Typer whose commands and groups print readable help (see `_Readable`)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(cls=_Group, **kwargs)
+
+    def command(self, *args, **kwargs):
+        kwargs.setdefault("cls", _Command)
+        return super().command(*args, **kwargs)
+
+
+app = App(
     name="rbzoo",
     help="Robust binary subnetworks: train, evaluate, and share seed+mask checkpoints.",
     no_args_is_help=True,
@@ -156,9 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             return _interrupted()
         except OSError as e:
             return _os_error(e)
-        except (ValueError, KeyError) as e:  # bad option values surfacing from the library
-            return _fail(e.args[0] if isinstance(e, KeyError) and e.args else e, EXIT_USAGE)
-        except Exception as e:  # click's own usage errors, Exit and Abort
+        except Exception as e:  # click's own usage errors, Exit and Abort; anything else is a bug
             code = _click_error(e)
             if code is not None:
                 return code

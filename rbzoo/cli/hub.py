@@ -9,8 +9,9 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ..constants import NUMERICS_PROFILES
 from ..errors import ConfigError
-from . import app, console
+from . import _check, app, console
 
 _ENDPOINT = typer.Option("--endpoint", help="Hub URL (default: $HF_ENDPOINT, else https://huggingface.co).")
 _TOKEN = typer.Option("--token", help="Hub token (default: $HF_TOKEN, else `hf auth login`). Never printed.")
@@ -58,9 +59,9 @@ def _robust_text(card) -> str:
 
 @app.command()
 def push(
-    checkpoint: Annotated[Path, typer.Argument(help="The checkpoint (.safetensors) to publish.")],
+    checkpoint: Annotated[Path, typer.Argument(callback=_check.existing, help="The checkpoint (.safetensors) to publish.")],
     repo_id: Annotated[Optional[str], typer.Argument(help="Hub repo id org/name (optional with --to).")] = None,
-    results: Annotated[Optional[Path], typer.Option("--results", help="`rbzoo eval` results JSON (default: "
+    results: Annotated[Optional[Path], typer.Option("--results", callback=_check.existing, help="`rbzoo eval` results JSON (default: "
                        "<stem>.results.json or results.json beside the checkpoint).")] = None,
     data_dir: Annotated[Optional[Path], _DATA] = None,
     revision: Annotated[Optional[str], typer.Option("--revision", help="Branch to commit to (created if needed).")] = None,
@@ -72,7 +73,7 @@ def push(
     to: Annotated[Optional[Path], typer.Option("--to", help="Write the repo layout into this folder instead "
                                                              "(air-gapped exchange; no network).")] = None,
     cards_dir: Annotated[Optional[Path], _CARDS] = None,
-    device: Annotated[str, typer.Option("--device", help="Device for --data-dir evaluation.")] = "cpu",
+    device: Annotated[str, typer.Option("--device", callback=_check.device, help="Device for --data-dir evaluation.")] = "cpu",
     force: Annotated[bool, typer.Option("--force", help="With --to: replace the files of an earlier push there.")] = False,
 ) -> None:
     """Publish a checkpoint, its card and results in ONE commit (or into a folder with --to).
@@ -110,12 +111,13 @@ def pull(
     token: Annotated[Optional[str], _TOKEN] = None,
     list_zoo: Annotated[bool, typer.Option("--list", help="Show the zoo (every card) as a table.")] = False,
     cards_dir: Annotated[Optional[Path], _CARDS] = None,
-    device: Annotated[str, typer.Option("--device", help="Device for the verification.")] = "cpu",
-    source: Annotated[Optional[Path], typer.Option("--source", help="Imported entries only: a local copy of the authors' official .pth file (instead of downloading it).")] = None,
+    device: Annotated[str, typer.Option("--device", callback=_check.device, help="Device for the verification.")] = "cpu",
+    source: Annotated[Optional[Path], typer.Option("--source", callback=_check.existing, help="Imported entries only: a local copy of the authors' official .pth file (instead of downloading it).")] = None,
     no_bn_check: Annotated[bool, typer.Option("--no-bn-check", help="Imported entries only: convert without checking the card's keep/p against the BN statistics (see docs/convert.md).")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Demand every predicted label to equal the reference "
                                          "(no near-tie tolerance; a count-only card fails).")] = False,
-    numerics: Annotated[str, typer.Option("--numerics", help="Numerics profile of the re-evaluation: verify "
+    numerics: Annotated[str, typer.Option("--numerics", callback=_check.names("--numerics", NUMERICS_PROFILES),
+                                          help="Numerics profile of the re-evaluation: verify "
                                           "(float32, TF32 off), fast (TF32), bf16 (docs/numerics.md).")] = "verify",
     write_card: Annotated[bool, typer.Option("--write-card", help="Count-only cards: write the card with this "
                                              "machine's per-sample reference into the cards folder.")] = False,
@@ -132,6 +134,7 @@ def pull(
         return
     if spec is None:
         raise ConfigError("give NAME, REPO_ID[@REV] or DIR to pull, or --list to see the zoo")
+    _check.pull_spec(spec, cards_dir)  # a typo is answered before torch loads
     from .. import zoo  # after --list: listing the zoo does not import torch
 
     with _Bars() as bars:
