@@ -231,8 +231,9 @@ def _check_identity(f: _Fetched, label: str):
     if wrong or (card.rb["checkpoint_bytes"] is not None and size != card.rb["checkpoint_bytes"]):
         f.purge()
         _registry_put(_key(f.repo_id, f.commit, sha), None)
-        raise VerificationError(f"{label}: {f.path.name} is corrupted: SHA-256 {sha[:16]}… ({size:,} bytes), "
-                                f"{'; '.join(wrong) or 'size differs from the card'}; the download was deleted")
+        fate = "the download was deleted" if f.repo_id else "the file was left as it is"  # a folder's is the user's
+        raise VerificationError(f"{label}: {f.path if f.repo_id is None else f.path.name} is corrupted: SHA-256 "
+                                f"{sha[:16]}… ({size:,} bytes), {'; '.join(wrong) or 'size differs from the card'}; {fate}")
     ck = read(f.path)  # strict: format, tensor set, shapes, the whole-model digest
     if card.rb["model_digest"] is not None and ck.digest != card.rb["model_digest"]:
         raise VerificationError(f"{label}: the checkpoint's model digest is {ck.digest[:16]}…, the card says "

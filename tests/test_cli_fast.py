@@ -215,3 +215,16 @@ def test_the_cli_knows_every_registered_architecture():
     from rbzoo.models import ARCHITECTURES
 
     assert sorted(BUILTIN_ARCHITECTURES) == sorted(ARCHITECTURES)
+
+
+def test_zoo_list_fits_80_columns(tmp_path):
+    """On an 80-column terminal the listing drops the columns a name already says; no name is cut."""
+    env = dict(_env(tmp_path), COLUMNS="80")
+    proc = subprocess.run([sys.executable, "-m", "rbzoo", "pull", "--list", "--cards-dir", str(ROOT / "cards")],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, proc.stdout
+    names = sorted(p.stem for p in (ROOT / "cards").glob("*.md"))
+    assert names and all(any(line.split()[:1] == [name] for line in lines) for name in names), proc.stdout
+    assert "…" not in proc.stdout

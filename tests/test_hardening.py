@@ -114,6 +114,12 @@ def ws(tmp_path_factory, tiny_checkpoint, cifar10_root):
     hostile = root / "hostile" / "cifar-10-batches-py"
     shutil.copytree(cifar10_root / "cifar-10-batches-py", hostile)
     (hostile / "test_batch").write_bytes(pickle.dumps({"data": _Hostile(str(root / "PWNED")), "labels": []}))
+    # a plain pickle (protocol 5): torch warns about its protocol before refusing it
+    (root / "evil.pth").write_bytes(pickle.dumps({"state_dict": _Hostile(str(root / "PWNED"))}, protocol=5))
+    shutil.copytree(root / "zoo", root / "zoo-bad")  # a --to folder whose model no longer matches its card
+    model = bytearray((root / "zoo-bad" / "model.safetensors").read_bytes())
+    model[-1] ^= 1
+    (root / "zoo-bad" / "model.safetensors").write_bytes(bytes(model))
     return {"root": root, "data": cifar10_root}
 
 
@@ -157,6 +163,10 @@ BAD_INPUT = [
                             "--force"], 2, "is the input file"),
     ("pull-no-bn-check-not-imported", ["pull", "{root}/zoo", "--no-bn-check"], 2, "only for imported zoo entries"),
     ("pull-unknown-name", ["pull", "no-such-model"], 2, "is not a zoo name"),
+    ("pull-folder-corrupted", ["pull", "{root}/zoo-bad"], 3,
+     "zoo-bad/model.safetensors is corrupted"),  # and says the file was left as it is (nothing was downloaded)
+    ("convert-plain-pickle", ["convert", "{root}/evil.pth", "--arch", "tiny_resnet", "--out", "{root}/e.safetensors"], 2,
+     "evil.pth: refused: not a weights-only checkpoint"),  # one line: torch's protocol warning is not shown
     ("train-unknown-config", ["train", "--config", "no-such-config", "--out", "{root}/t"], 2, "no-such-config"),
     ("train-set-division-by-zero", ["train", "-c", "quickstart", "--set", "attack.eps=1/0", "--out", "{root}/t"], 2,
      "attack.eps: expected a number"),
@@ -180,6 +190,28 @@ def test_bad_input_is_one_line_and_changes_nothing(ws, capsys, case, argv, code,
     assert "Traceback" not in err + out and message in err, err
     assert _snapshot(root) == before  # nothing written, replaced or left behind
     print(f"TABLE | {' '.join(argv)} | {rc} | {err.strip()}", file=sys.__stdout__)
+
+
+def test_folder_source_mismatch_does_not_claim_a_download(ws, capsys):
+    assert main(["pull", str(ws["root"] / "zoo-bad")]) == 3
+    err = capsys.readouterr().err
+    assert "the file was left as it is" in err and "download" not in err, err
+
+
+def test_an_unwritable_folder_names_the_output_not_the_temp_file(ws, tmp_path, monkeypatch, capsys):
+    """What a read-only folder does to the temp file beside the output (root cannot be refused by
+    chmod, so the refusal is simulated where the temp file is made)."""
+    import errno
+    import tempfile
+
+    def denied(prefix="", suffix="", dir=None, **_):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.path.join(dir, f"{prefix}x1y2z3{suffix}"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    out = tmp_path / "dense.safetensors"
+    assert main(["export", str(ws["root"] / "ckpt.safetensors"), str(out)]) == 1
+    assert capsys.readouterr().err == f"error: {out}: Permission denied\n"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_force_replaces_an_output_but_never_an_input(ws, tmp_path, cifar10_root):

@@ -125,8 +125,6 @@ def _register_commands() -> None:
 
 _register_commands()
 
-_default_showwarning = _warnings.showwarning
-
 # Exit codes (docs/contracts.md): 0 ok, 1 the system refused (disk full, permission), 2 bad input,
 # 3 a verification failed, 130 interrupted (Ctrl-C).
 EXIT_OS = 1
@@ -189,10 +187,8 @@ def _click_error(e: Exception) -> int | None:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    if issubclass(category, RbzooWarning):
-        _fail(message, 0, label="warning")
-    else:
-        _default_showwarning(message, category, filename, lineno, file, line)
+    """Every warning is one line: rbzoo's as they are, a library's with its category (not its source line)."""
+    _fail(message if issubclass(category, RbzooWarning) else f"{category.__name__}: {message}", 0, label="warning")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich import box
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -189,20 +190,34 @@ def _print_card_block(r) -> None:
                       "next pull here is exact)", highlight=False)
 
 
+_ZOO_COLUMNS = ("name", "dataset", "architecture", "k", "objective", "clean", "robust", "size", "Hub", "status")
+_WIDE_ZOO = 140
+
+
 def _print_zoo(cards_dir) -> None:
     from ..constants import cards_dir as default_cards_dir
     from ..verified import list_zoo
 
     entries = list_zoo(cards_dir)
-    table = Table(title=f"rbzoo model zoo ({len(entries)} model{'' if len(entries) == 1 else 's'})")
-    for col in ("name", "dataset", "architecture", "k", "objective", "clean", "robust", "size", "Hub", "status"):
-        table.add_column(col, justify="right" if col in ("k", "clean", "robust", "size") else "left")
+    # Narrower than _WIDE_ZOO columns: the columns a name does not already say (rn34-cifar10-pgd), never a cut name.
+    wide = console.width >= _WIDE_ZOO
+    cols = _ZOO_COLUMNS if wide else ("name", "k", "clean", "robust", "size", "status")
+    table = Table(title=f"rbzoo model zoo ({len(entries)} model{'' if len(entries) == 1 else 's'})",
+                  box=box.HEAVY_HEAD if wide else box.SIMPLE_HEAD, pad_edge=wide)
+    for col in cols:
+        table.add_column(col, justify="right" if col in ("k", "clean", "robust", "size") else "left",
+                         no_wrap=col in ("name", "Hub", "clean", "robust", "size"))
     for e in entries:
         rb = e.card.rb
         hubref = f"{rb['repo_id']}@{rb['revision'][:12]}" if rb["revision"] else (rb["repo_id"] or "—")
-        size = f"{rb['checkpoint_bytes']:,}" if rb["checkpoint_bytes"] else "—"
-        table.add_row(rb["name"], rb["dataset"], rb["arch"]["id"], f"{rb['keep']:g}", rb["objective"] or "—",
-                      _pct(rb["claimed"]["clean_acc"]), _pct(rb["claimed"]["robust_acc"]), size, hubref, e.status)
+        row = {"name": rb["name"], "dataset": rb["dataset"], "architecture": rb["arch"]["id"], "k": f"{rb['keep']:g}",
+               "objective": rb["objective"] or "—", "clean": _pct(rb["claimed"]["clean_acc"]),
+               "robust": _pct(rb["claimed"]["robust_acc"]),
+               "size": f"{rb['checkpoint_bytes']:,}" if rb["checkpoint_bytes"] else "—", "Hub": hubref, "status": e.status}
+        table.add_row(*(row[c] for c in cols))
     console.print(table)
+    if entries and not wide:
+        console.print(f"(dataset, architecture, objective and Hub repo: on a terminal of {_WIDE_ZOO}+ columns)",
+                      highlight=False)
     if not entries:
         console.print(f"no cards in {default_cards_dir(cards_dir)}", highlight=False)
