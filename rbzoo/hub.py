@@ -33,6 +33,7 @@ from .data import DEFAULT_EPS, get_dataset, get_spec
 from .errors import CheckpointError, ConfigError, DataError, HubError, RbzooError, VerificationError
 from .exact import Certificate, clean_accuracy, compare
 from .inspect import describe
+from .resolve import RUN_FOLDER_FILES
 
 CARD_FILE = "README.md"
 CHECKPOINT_FILE = "model.safetensors"
@@ -323,8 +324,10 @@ def push(checkpoint: str | Path, repo_id: str | None = None, *, results: str | P
     sha = hashlib.sha256(data).hexdigest()
     ck, model = _load_checkpoint(ckpt)
     res, cert, res_path, dataset, evaluated = _push_results(ckpt, ck, model, sha, results, data_dir, device, progress)
-    if name is None:
-        name = re.sub(r"[^a-z0-9._-]+", "-", (repo_id.split("/")[1] if repo_id else ckpt.stem).lower()).strip("-._")
+    if name is None:  # the repo's name; for a folder, the run's (runs/qs/best.safetensors is "qs", not "best")
+        stem = repo_id.split("/")[1] if repo_id else (
+            ckpt.resolve().parent.name if ckpt.name in RUN_FOLDER_FILES else ckpt.stem)
+        name = re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-._")
     if not NAME_RE.match(name or ""):
         raise ConfigError(f"{name!r} is not a valid zoo name ([a-z0-9._-], starting with a letter or digit)")
     local_path = default_cards_dir(cards_dir) / f"{name}.md"

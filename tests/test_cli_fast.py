@@ -172,7 +172,7 @@ def test_option_typos_are_refused_before_torch_loads(tmp_path):
         (["plot", "layers", f"{t}/missing", "--out", f"{t}/p.png"], 2, "no such file or folder"),
         (["pull", "no-such-model"], 2, "is not a zoo name"),
         (["pull", "org/name", "--numerics", "fats"], 2, "unknown --numerics 'fats'"),
-        (["push", f"{t}/missing.safetensors", "org/name"], 2, "no such file or folder"),
+        (["push", f"{t}/missing.safetensors", "org/name"], 2, "no such checkpoint or run folder"),
         (["data", "imagenet100", "--imagenet", t, "--out", f"{t}/d", "--link", "hardd"], 2, "unknown --link 'hardd'"),
     ]
     code = _TYPO_PROBE.format(heavy=HEAVY, cases=cases)

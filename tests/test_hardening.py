@@ -228,6 +228,18 @@ def test_force_replaces_an_output_but_never_an_input(ws, tmp_path, cifar10_root)
     assert main(push + ["--force"]) == 0 and (zoo / "README.md").read_text().startswith("---\n")
 
 
+def test_push_to_a_folder_names_the_model_after_its_run(ws, tmp_path, capsys):
+    """`push RUN --to DIR` publishes the run's best.safetensors under the run folder's name (not "best"),
+    with its card in DIR/README.md, which `pull DIR` reads."""
+    from rbzoo.cards import load_card
+
+    out = tmp_path / "exchange"
+    assert main(["push", str(ws["root"] / "run"), "--to", str(out), "--data-dir", str(ws["data"])]) == 0
+    assert "wrote run to" in capsys.readouterr().out
+    assert load_card(out / "README.md").name == "run"
+    assert (out / "model.safetensors").read_bytes() == (ws["root"] / "run" / "best.safetensors").read_bytes()
+
+
 def test_info_takes_a_run_folder_like_eval(ws, capsys):
     assert main(["info", str(ws["root"] / "run")]) == 0
     assert "best.safetensors" in " ".join(capsys.readouterr().out.split())

@@ -60,6 +60,15 @@ def model(spec: str | None) -> str | None:
     return spec
 
 
+def checkpoint(spec: str | None) -> str | None:
+    """A local checkpoint file or run folder."""
+    if spec is not None:
+        from ..resolve import resolve_checkpoint
+
+        resolve_checkpoint(spec)
+    return spec
+
+
 def could_be_remote(spec: str, cards_dir: str | Path | None = None) -> bool:
     """A zoo name with a card, or something shaped like a Hub repo id `org/name[@rev]`."""
     from ..cards import NAME_RE, REPO_RE

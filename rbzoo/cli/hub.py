@@ -60,7 +60,8 @@ def _robust_text(card) -> str:
 
 @app.command()
 def push(
-    checkpoint: Annotated[Path, typer.Argument(callback=_check.existing, help="The checkpoint (.safetensors) to publish.")],
+    checkpoint: Annotated[str, typer.Argument(callback=_check.checkpoint, help="The checkpoint (.safetensors) to publish, "
+                                              "or a run folder (its best.safetensors).")],
     repo_id: Annotated[Optional[str], typer.Argument(help="Hub repo id org/name (optional with --to).")] = None,
     results: Annotated[Optional[Path], typer.Option("--results", callback=_check.existing, help="`rbzoo eval` results JSON (default: "
                        "<stem>.results.json or results.json beside the checkpoint).")] = None,
@@ -70,7 +71,8 @@ def push(
     create_pr: Annotated[bool, typer.Option("--create-pr", help="Open a pull request instead of committing.")] = False,
     endpoint: Annotated[Optional[str], _ENDPOINT] = None,
     token: Annotated[Optional[str], _TOKEN] = None,
-    name: Annotated[Optional[str], typer.Option("--name", help="Zoo name (default: the repo's name).")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Zoo name (default: the repo's name; with --to, the "
+                                                               "run folder's name, else the file's stem).")] = None,
     to: Annotated[Optional[Path], typer.Option("--to", help="Write the repo layout into this folder instead "
                                                              "(air-gapped exchange; no network).")] = None,
     cards_dir: Annotated[Optional[Path], _CARDS] = None,
@@ -83,6 +85,9 @@ def push(
     With --data-dir and results, both must agree exactly. Prints the revision to pin and updates
     the zoo's local card.
     """
+    from ..resolve import resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(checkpoint)  # a file or a run folder (checked before torch loads)
     from .. import hub  # here, not at the top: --help and --list stay torch-free
 
     with _Bars() as bars:
@@ -92,7 +97,8 @@ def push(
     exp = r.card.expected
     acc = f"clean {exp['clean_correct']}/{exp['n_examples']} ({_pct(r.card.rb['claimed']['clean_acc'])})"
     if r.folder is not None:
-        console.print(f"wrote {r.folder}: {hub.CARD_FILE}, {hub.CHECKPOINT_FILE}, {hub.RESULTS_FILE} ({acc})")
+        console.print(f"wrote {r.card.name} to {r.folder}: {hub.CARD_FILE} (its card), {hub.CHECKPOINT_FILE}, "
+                      f"{hub.RESULTS_FILE} ({acc})", highlight=False)
         console.print(f"on the other machine: rbzoo pull {r.folder}", highlight=False)
         return
     console.print(f"pushed {r.card.name} to {r.repo_id} in one commit ({acc}): {r.commit_url}", highlight=False)
