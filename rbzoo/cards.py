@@ -18,11 +18,10 @@ from pathlib import Path
 
 import yaml
 
-from .constants import NORMS, NUMERICS_PROFILES
+from .constants import NORMS, NUMERICS_PROFILES, OBJECTIVES
 from .errors import HubError, RbzooError
 
 TAGS = ["rbzoo", "adversarial-robustness", "binary-neural-networks", "pruning", "autoattack"]
-OBJECTIVES = ("pgd", "fast", "trades", "fgsm_rs")
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet100": "ImageNet-100",
                  "digits": "Digits (scikit-learn 8x8)"}
 RBZOO_KEYS = ("name", "repo_id", "revision", "checkpoint", "checkpoint_sha256", "checkpoint_bytes",

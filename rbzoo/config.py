@@ -21,10 +21,9 @@ from pathlib import Path
 
 import yaml
 
-from .constants import BUILTIN_ARCHITECTURES, SCORE_MODES
+from .constants import BUILTIN_ARCHITECTURES, OBJECTIVES, SCORE_MODES
 from .errors import ConfigError
 
-OBJECTIVES = ("pgd", "fast", "fgsm_rs", "trades")
 LR_SCHEDULES = ("cosine", "multistep", "constant")
 # Fields that only say where/how to run, not what is trained: they may change on --resume and are
 # left out of the checkpoint's `rbzoo.train` metadata (they hold machine-specific paths).

@@ -112,6 +112,7 @@ NUMERICS_PROFILES = ("verify", "fast", "bf16")
 # Names the CLI checks before it imports torch; the modules that act on them import them from here.
 BUILTIN_ARCHITECTURES = ("cifar_resnet18", "cifar_resnet34", "cifar_resnet50", "imagenet_resnet18",
                          "imagenet_resnet34", "imagenet_resnet50", "tiny_resnet")  # rbzoo.models registers these
+OBJECTIVES = ("pgd", "fast", "fgsm_rs", "trades")  # training objectives
 SCORE_MODES = ("none", "all", "except_last", "only_last")  # which dense layers also learn scores
 NORMS = ("Linf", "L2")  # threat models of the robust evaluation
 AA_VERSIONS = ("standard", "plus", "rand", "custom")  # AutoAttack versions
@@ -119,6 +120,7 @@ AA_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")  # what
 SUBSETS = ("first", "random")  # which N examples an evaluation takes
 ONNX_VARIANTS = ("dense", "int8", "sparse")
 ONNX_BN_MODES = ("fold", "explicit")
+LINK_MODES = ("copy", "hard", "sym")  # how `rbzoo data imagenet100` places the files
 PLOT_KINDS = ("layers", "structure", "curves", "attack", "zoo", "compare")
 
 

@@ -174,6 +174,7 @@ def test_option_typos_are_refused_before_torch_loads(tmp_path):
         (["pull", "org/name", "--numerics", "fats"], 2, "unknown --numerics 'fats'"),
         (["push", f"{t}/missing.safetensors", "org/name"], 2, "no such checkpoint or run folder"),
         (["data", "imagenet100", "--imagenet", t, "--out", f"{t}/d", "--link", "hardd"], 2, "unknown --link 'hardd'"),
+        (["data", "imagenet100", "--imagenet", f"{t}/missing", "--out", f"{t}/d"], 2, "does not exist"),
     ]
     code = _TYPO_PROBE.format(heavy=HEAVY, cases=cases)
     proc = subprocess.run([sys.executable, "-c", code], env=_env(tmp_path), capture_output=True, text=True, timeout=120)

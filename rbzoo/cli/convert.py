@@ -7,8 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..config import OBJECTIVES
-from ..constants import BUILTIN_ARCHITECTURES
+from ..constants import BUILTIN_ARCHITECTURES, OBJECTIVES
 from ..data import DATASETS
 from . import _check, app, console
 
@@ -25,8 +24,8 @@ def convert(
     official: Annotated[Path, typer.Argument(callback=_check.existing, help="The official .pth checkpoint (read with weights_only=True).")],
     arch: Annotated[str, typer.Option("--arch", callback=_check.names("--arch", BUILTIN_ARCHITECTURES), help="rbzoo architecture, e.g. cifar_resnet34, imagenet_resnet34.")],
     out: Annotated[Path, typer.Option("--out", help="Output format-v1 checkpoint (.safetensors).")],
-    keep: Annotated[float, typer.Option("--keep", help="Kept fraction k the model was trained with (--prune-rate).")] = 0.01,
-    p: Annotated[float, typer.Option("--p", help="Layer-adaptivity exponent p (--pr-scale).")] = 0.1,
+    keep: Annotated[float, typer.Option("--keep", min=0.0, max=1.0, help="Kept fraction k the model was trained with (--prune-rate).")] = 0.01,
+    p: Annotated[float, typer.Option("--p", min=0.0, max=1.0, help="Layer-adaptivity exponent p (--pr-scale).")] = 0.1,
     end_with_bn: Annotated[bool, typer.Option("--end-with-bn", help="The model has the final BN over the logits (last.*).")] = False,
     num_classes: Annotated[Optional[int], typer.Option("--num-classes", min=1, help="Classes (default: the dataset's).")] = None,
     dataset: Annotated[Optional[str], typer.Option("--dataset", callback=_check.names("--dataset", tuple(DATASETS)), help="cifar10, cifar100 or imagenet100 (default: from the file's arch).")] = None,

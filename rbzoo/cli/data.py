@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..data.imagenet100 import LINK_MODES
+from ..constants import LINK_MODES
 from . import App, _check, app, console, err_console
 
 data_app = App(help="Prepare datasets.", no_args_is_help=True)
@@ -17,12 +17,12 @@ app.add_typer(data_app, name="data")
 
 @data_app.command("imagenet100")
 def imagenet100(
-    imagenet: Annotated[Path, typer.Option("--imagenet", callback=_check.existing, help="ImageNet root (or the Kaggle layout's top) with train/<wnid>/ and val/, per-class or flat.")],
+    imagenet: Annotated[Path, typer.Option("--imagenet", help="ImageNet root (or the Kaggle layout's top) with train/<wnid>/ and val/, per-class or flat.")],
     out: Annotated[Path, typer.Option("--out", help="Data folder: the subset goes to OUT/imagenet100/{train,val} (use it as --data-dir).")],
     link: Annotated[str, typer.Option("--link", callback=_check.names("--link", LINK_MODES), help="copy (default), hard (hard links) or sym (symbolic links).")] = "copy",
-    classes: Annotated[Optional[Path], typer.Option("--classes", callback=_check.existing, help="A custom class list (one WNID per line) instead of the shipped one.")] = None,
+    classes: Annotated[Optional[Path], typer.Option("--classes", help="A custom class list (one WNID per line) instead of the shipped one.")] = None,
     val_labels: Annotated[Optional[Path], typer.Option(
-        "--val-labels", callback=_check.existing, help="Labels of a flat val/: Kaggle's LOC_val_solution.csv (found by itself at the root or "
+        "--val-labels", help="Labels of a flat val/: Kaggle's LOC_val_solution.csv (found by itself at the root or "
                              "the Kaggle top) or '<file name> <wnid>' lines.")] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Parallel file operations.")] = 8,
 ) -> None:

@@ -9,8 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..config import OBJECTIVES
-from ..constants import BUILTIN_ARCHITECTURES
+from ..constants import BUILTIN_ARCHITECTURES, OBJECTIVES
 from ..data import DATASETS
 from ..errors import ConfigError
 from . import _check, app, console, resume_hint
