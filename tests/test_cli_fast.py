@@ -187,6 +187,21 @@ def test_option_typos_are_refused_before_torch_loads(tmp_path):
         assert loaded == [], (where, loaded)
 
 
+def test_a_library_warning_is_one_line(monkeypatch, capsys):
+    import warnings
+
+    import rbzoo.config
+    from rbzoo.cli import main
+
+    def noisy():
+        warnings.warn("something a library says\nover two lines", UserWarning)
+        return ["quickstart"]
+
+    monkeypatch.setattr(rbzoo.config, "list_configs", noisy)
+    assert main(["train", "--list-configs"]) == 0
+    assert capsys.readouterr().err == "warning: UserWarning: something a library says over two lines\n"
+
+
 _BUG_PROBE = """
 import sys
 import rbzoo.config

@@ -141,7 +141,8 @@ BAD_INPUT = [
     ("eps-not-a-number", EVAL + ["--eps", "eight"], 2, "bad eps 'eight'"),
     ("eps-infinite", EVAL + ["--eps", "1e999"], 2, "bad eps '1e999'"),
     ("eps-out-of-range", EVAL + ["--eps", "2"], 2, "out of range for Linf"),
-    ("norm-unknown", EVAL + ["--norm", "L3"], 2, "L3"),
+    ("norm-unknown", EVAL + ["--norm", "L3"], 2, "unknown --norm 'L3'; choose from Linf, L2"),
+    ("norm-l2-needs-eps", EVAL + ["--norm", "l2"], 2, "give --eps for L2 (the default radius"),
     ("batch-size-not-int", EVAL + ["--batch-size", "abc"], 2, "Invalid value for '--batch-size'"),
     ("eval-missing-model", ["eval"], 2, "Missing argument 'MODEL'"),
     ("eval-out-is-folder", EVAL + ["--clean-only", "--out", "{root}/folder"], 2, "is a folder"),
@@ -173,6 +174,8 @@ BAD_INPUT = [
     ("train-keep-nan", ["train", "-c", "quickstart", "--keep", "nan", "--out", "{root}/t"], 2, "keep"),
     ("train-out-is-file", ["train", "-c", "quickstart", "--out", "{root}/existing.safetensors", "--epochs", "1"], 2,
      "exists and is not a folder"),
+    ("train-batch-beyond-data", ["train", "-c", "quickstart", "--batch-size", "100000000000000", "--out", "{root}/t"],
+     2, "batch_size 100000000000000 is larger than the training set (1,294 images)"),
     ("train-resume-not-a-run", ["train", "--resume", "{root}/folder"], 2, "not an rbzoo run folder"),
     ("write-under-a-file", EVAL + ["--clean-only", "--out", "{root}/existing.safetensors/r.json"], 1,
      "existing.safetensors: not a folder, cannot write r.json in it"),
@@ -190,6 +193,15 @@ def test_bad_input_is_one_line_and_changes_nothing(ws, capsys, case, argv, code,
     assert "Traceback" not in err + out and message in err, err
     assert _snapshot(root) == before  # nothing written, replaced or left behind
     print(f"TABLE | {' '.join(argv)} | {rc} | {err.strip()}", file=sys.__stdout__)
+
+
+def test_norm_names_match_in_any_case(ws, capsys):
+    """`--norm linf` is L∞ (its default radius included), not an unknown norm."""
+    out = ws["root"].parent / "linf.json"
+    assert main([a.format(root=ws["root"], data=ws["data"]) for a in EVAL] + ["--norm", "linf", "--pgd", "1",
+                                                                             "--out", str(out)]) == 0
+    attack = json.loads(out.read_text())["attack"]
+    assert attack["norm"] == "Linf" and attack["eps"] == 8 / 255
 
 
 def test_folder_source_mismatch_does_not_claim_a_download(ws, capsys):

@@ -1,7 +1,8 @@
 """The `rbzoo` command line: a thin shell over the Python API.
 
-Each subcommand lives in its own module and only parses, calls the library, and prints. Any
-:class:`rbzoo.errors.RbzooError` becomes a one-line message and a non-zero exit code.
+Each subcommand lives in its own module and only parses, checks its options before torch loads
+(`_check`), calls the library, and prints. Any :class:`rbzoo.errors.RbzooError` becomes a one-line
+message and a non-zero exit code; any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from ..errors import RbzooError, RbzooWarning
 
 
 class _Readable:
-    """Help that reads as a user types: flags show no `<bool>`, arguments read MODEL, and the usage
-    line reads `MODEL [OUT] INPUTS...` (typer's own is `{model} [[OUT]] {inputs}...`), and a docstring's
+    """Help that reads as a user types: flags show no `<bool>`; arguments read MODEL, and the usage
+    line `MODEL [OUT] INPUTS...` (typer's own is `{model} [[OUT]] {inputs}...`); a docstring's
     paragraphs are re-wrapped to the terminal (typer keeps their source line breaks)."""
 
     def __init__(self, *args, help: str | None = None, **kwargs) -> None:
