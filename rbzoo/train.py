@@ -28,6 +28,7 @@ import random
 import shutil
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +45,7 @@ from .attacks import pgd
 from .checkpoint import save
 from .config import CONFIG_FILE, TrainConfig, check_run_dir
 from .data import dataset_metadata, get_dataset, get_spec, split_train_valid, test_transform
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, RbzooWarning
 from .exact import ordered_batches
 from .layers import SubnetConv2d
 from .models import create_model
@@ -131,6 +132,9 @@ def build_data(cfg: TrainConfig) -> _Data:
     if cfg.test_subset is not None and cfg.test_subset < len(test):
         rng = np.random.default_rng(derive_seed(cfg.seed, "test-subset"))
         test_idx = np.sort(rng.choice(len(test), cfg.test_subset, replace=False))
+    elif cfg.test_subset is not None and cfg.test_subset > len(test):
+        warnings.warn(f"test_subset {cfg.test_subset:,} is larger than the {cfg.dataset} test split "
+                      f"({len(test):,} images): the whole split is used", RbzooWarning)
     shape = (spec.channels, spec.image_size, spec.image_size)
     return _Data(_Indexed(Subset(full, train_idx.tolist())), plain, val_idx.tolist(), test, test_idx.tolist(), shape)
 

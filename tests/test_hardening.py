@@ -204,6 +204,16 @@ def test_norm_names_match_in_any_case(ws, capsys):
     assert attack["norm"] == "Linf" and attack["eps"] == 8 / 255
 
 
+def test_a_test_subset_beyond_the_split_says_so():
+    """Numbers beyond the data: a --test-subset larger than the test split is noted, not silently used."""
+    from rbzoo.config import load_config
+    from rbzoo.train import build_data
+
+    with pytest.warns(RbzooWarning, match=r"test_subset 100,000 is larger than the digits test split \(360 images\)"):
+        data = build_data(load_config("quickstart", {"test_subset": 100_000}))
+    assert len(data.test_indices) == 360
+
+
 def test_folder_source_mismatch_does_not_claim_a_download(ws, capsys):
     assert main(["pull", str(ws["root"] / "zoo-bad")]) == 3
     err = capsys.readouterr().err
