@@ -117,6 +117,10 @@ def test_every_help_is_readable(capsys, monkeypatch):
         assert not undocumented, (where, undocumented)
         seen.append(" ".join(path))
     assert {"", "eval", "train", "pull", "push", "data", "data imagenet100"} <= set(seen)
+    for group in ([], ["data"]):  # a group without a command shows its help, as --help does
+        assert main(group) == 0
+        out, err = capsys.readouterr()
+        assert "Usage: rbzoo" in out and err == "", (group, err)
 
 
 _TYPO_PROBE = """

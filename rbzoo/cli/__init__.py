@@ -182,6 +182,8 @@ def _click_error(e: Exception) -> int | None:
         pass
     if not isinstance(e, tuple(kinds)):
         return None
+    if type(e).__name__ == "NoArgsIsHelpError":  # `rbzoo data`: the help was printed, as for plain `rbzoo`
+        return 0
     ctx = getattr(e, "ctx", None)
     see = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
     return _fail(f"{e.format_message()}{see}", e.exit_code)
