@@ -61,7 +61,7 @@ def _robust_text(card) -> str:
 @app.command()
 def push(
     checkpoint: Annotated[str, typer.Argument(callback=_check.checkpoint, help="The checkpoint (.safetensors) to publish, "
-                                              "or a run folder (its best.safetensors).")],
+                                              "or a run folder (its best, else last, checkpoint).")],
     repo_id: Annotated[Optional[str], typer.Argument(help="Hub repo id org/name (optional with --to).")] = None,
     results: Annotated[Optional[Path], typer.Option("--results", callback=_check.existing, help="`rbzoo eval` results JSON (default: "
                        "<stem>.results.json or results.json beside the checkpoint).")] = None,

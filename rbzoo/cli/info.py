@@ -10,9 +10,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..errors import ConfigError
 from ..constants import ONNX_BN_MODES, ONNX_VARIANTS, choose
 from ..data import DATASETS
+from ..errors import ConfigError
 from . import _check, app, console
 
 
