@@ -30,7 +30,10 @@ def atomic_path(path: str | os.PathLike):
         path.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as e:  # a file where a folder must be
         raise NotADirectoryError(errno.ENOTDIR, f"not a folder, cannot write {path.name} in it", e.filename) from None
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:  # e.g. a read-only folder: name the file asked for, not the temp
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
     os.close(fd)
     try:
         yield Path(tmp)

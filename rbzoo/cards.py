@@ -18,13 +18,11 @@ from pathlib import Path
 
 import yaml
 
-from .constants import NUMERICS_PROFILES
+from .constants import NORMS, NUMERICS_PROFILES, OBJECTIVES
 from .errors import HubError, RbzooError
 from .labels import attack_label, eps_label
 
 TAGS = ["rbzoo", "adversarial-robustness", "binary-neural-networks", "pruning", "autoattack"]
-OBJECTIVES = ("pgd", "fast", "trades", "fgsm_rs")
-NORMS = ("Linf", "L2")
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet100": "ImageNet-100",
                  "digits": "Digits (scikit-learn 8x8)"}
 RBZOO_KEYS = ("name", "repo_id", "revision", "checkpoint", "checkpoint_sha256", "checkpoint_bytes",

@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from .constants import BUILTIN_ARCHITECTURES, OBJECTIVES, SCORE_MODES
 from .errors import ConfigError
 
-OBJECTIVES = ("pgd", "fast", "fgsm_rs", "trades")
 LR_SCHEDULES = ("cosine", "multistep", "constant")
 # Fields that only say where/how to run, not what is trained: they may change on --resume and are
 # left out of the checkpoint's `rbzoo.train` metadata (they hold machine-specific paths).
+CONFIG_FILE = "config.yaml"  # the resolved config, in every run folder
 RUNTIME_FIELDS = ("data_dir", "download", "device", "num_workers", "cpu_threads", "tensorboard")
 # What `paper_compat` switches (docs/training.md#default-vs---paper-compat): (setting, rbzoo's
 # default, the official code's). A reproduction report names them for a run with the defaults.
@@ -129,6 +132,33 @@ class TrainConfig:
 # --- coercion and validation -------------------------------------------------------------------
 
 
+def parse_eps(text: str | float) -> float:
+    """A radius given as a number (`0.0314`) or a fraction (`8/255`)."""
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?:/\s*([0-9]*\.?[0-9]+)\s*)?", str(text))
+        if not m:
+            raise ConfigError(f"bad eps {text!r}: give a number like 0.0314 or a fraction like 8/255")
+        den = float(m.group(2)) if m.group(2) else 1.0
+        if den == 0:
+            raise ConfigError(f"bad eps {text!r}: division by zero")
+        value = float(m.group(1)) / den
+    if not math.isfinite(value):
+        raise ConfigError(f"bad eps {text!r}")
+    return value
+
+
+def check_eps(eps: float, norm: str, input_numel: int | None = None) -> None:
+    """Refuse radii that cannot be meant: ≤ 0, L∞ above 1, L2 above the diameter of [0, 1]^d."""
+    if norm == "Linf" and not 0 < eps <= 1:
+        raise ConfigError(f"eps {eps:g} out of range for Linf on [0, 1] images: need 0 < eps <= 1 (e.g. 8/255)")
+    if norm == "L2":
+        top = math.sqrt(input_numel) if input_numel else math.inf
+        if not 0 < eps <= top:
+            raise ConfigError(f"eps {eps:g} out of range for L2: need 0 < eps <= {top:g}")
+
+
 def _as_float(key: str, v) -> float:
     if isinstance(v, bool):
         raise ConfigError(f"{key}: expected a number, got {v!r}")
@@ -204,11 +234,17 @@ def _build(cls, raw: dict, prefix: str = ""):
     return cls(**{k: _coerce(prefix + k, hints[k], v) for k, v in raw.items()})
 
 
+def _registered(arch: str) -> bool:
+    """An architecture registered from Python (`rbzoo.models.register_model`); the built-in names
+    are checked without it, so a config is validated before torch loads."""
+    from .models import ARCHITECTURES
+
+    return arch in ARCHITECTURES
+
+
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Range and consistency checks that need no data and no network."""
     from .data import DATASETS
-    from .models import ARCHITECTURES
-    from .pruning import SCORE_MODES
 
     def need(ok: bool, msg: str) -> None:
         if not ok:
@@ -217,7 +253,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     need(0.0 < cfg.keep <= 1.0, f"keep must be in (0, 1] (the fraction of weights kept), got {cfg.keep}")
     need(0.0 <= cfg.p <= 1.0, f"p must be in [0, 1], got {cfg.p}")
     need(cfg.dataset in DATASETS, f"unknown dataset {cfg.dataset!r}; known: {', '.join(DATASETS)}")
-    need(cfg.arch in ARCHITECTURES, f"unknown arch {cfg.arch!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+    need(cfg.arch in BUILTIN_ARCHITECTURES or _registered(cfg.arch),
+         f"unknown arch {cfg.arch!r}; choose from {', '.join(sorted(BUILTIN_ARCHITECTURES))}")
     need(cfg.width is None or cfg.arch == "tiny_resnet", f"width applies to tiny_resnet only, not {cfg.arch}")
     need(cfg.width is None or cfg.width > 0, "width must be positive")
     need(cfg.nonlinearity in ("relu", "leaky_relu"), f"nonlinearity must be relu or leaky_relu, got {cfg.nonlinearity!r}")
@@ -277,6 +314,9 @@ def _read_yaml(source: str) -> tuple[str, dict]:
         raise ConfigError(f"{source}: invalid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: a config must be a mapping of keys to values")
+    if not raw:  # every default would be used: a 400-epoch ResNet34 on CIFAR-10 nobody asked for
+        raise ConfigError(f"{source}: the config is empty; start from a shipped one, e.g. "
+                          f"`rbzoo train -c quickstart --print-config > {Path(source).name}`")
     return name, raw
 
 
@@ -341,6 +381,18 @@ def load_config(source: str | None = None, overrides: dict | None = None, *, kee
         _apply(raw, key, value)
     _resolve_keep(raw, keep, sparsity)
     return validate(_build(TrainConfig, raw))
+
+
+def check_run_dir(out: Path, *, resume: bool, force: bool) -> None:
+    """Refuse to clobber a run: a non-empty folder needs --resume (continue) or --force."""
+    if resume:
+        if not (out / CONFIG_FILE).is_file():
+            raise ConfigError(f"{out} is not an rbzoo run folder (no {CONFIG_FILE}); start a run with --config ... --out {out}")
+        return
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ConfigError(f"{out} exists and is not empty: use --resume {out} to continue that run, or --force to start over")
 
 
 def field_names() -> list[str]:

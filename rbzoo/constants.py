@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .errors import ConfigError
+
 # Input normalization (mean, std) per dataset family, as in the paper's code. Here, not in
 # layers.py, so the dataset specs (rbzoo.data) read them without importing torch.
 NORMALIZATION = {
@@ -110,3 +112,28 @@ def _user_cards_dir() -> Path:
 # Numerics profiles of exact evaluation (rbzoo.exact defines them; cards and the CLI name them
 # without importing torch). "verify" is the reference profile: float32, TF32 off, deterministic.
 NUMERICS_PROFILES = ("verify", "fast", "bf16")
+
+# Names the CLI checks before it imports torch; the modules that act on them import them from here.
+BUILTIN_ARCHITECTURES = ("cifar_resnet18", "cifar_resnet34", "cifar_resnet50", "imagenet_resnet18",
+                         "imagenet_resnet34", "imagenet_resnet50", "tiny_resnet")  # rbzoo.models registers these
+OBJECTIVES = ("pgd", "fast", "fgsm_rs", "trades")  # training objectives
+SCORE_MODES = ("none", "all", "except_last", "only_last")  # which dense layers also learn scores
+NORMS = ("Linf", "L2")  # threat models of the robust evaluation
+AA_VERSIONS = ("standard", "plus", "rand", "custom")  # AutoAttack versions
+AA_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")  # what --version custom picks from
+SUBSETS = ("first", "random")  # which N examples an evaluation takes
+ONNX_VARIANTS = ("dense", "int8", "sparse")
+ONNX_BN_MODES = ("fold", "explicit")
+LINK_MODES = ("copy", "hard", "sym")  # how `rbzoo data imagenet100` places the files
+PLOT_KINDS = ("layers", "structure", "curves", "attack", "zoo", "compare")
+
+
+def choose(what: str, value: str, names: tuple[str, ...]) -> str:
+    """The name in `names` that `value` means, ignoring case ("linf" is "Linf"); else a ConfigError
+    "unknown WHAT 'value'; choose from ..." (one line, torch-free: the CLI calls it on every option)."""
+    if value in names:
+        return value
+    folded = [n for n in names if n.lower() == str(value).lower()]
+    if len(folded) == 1:
+        return folded[0]
+    raise ConfigError(f"unknown {what} {value!r}; choose from {', '.join(names)}")

@@ -18,6 +18,7 @@ import importlib
 import math
 import pickle
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,7 +120,10 @@ def load_official(path: str | Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"no such file: {path}")
     try:
-        with torch.serialization.safe_globals(numpy_safe_globals()):
+        with torch.serialization.safe_globals(numpy_safe_globals()), warnings.catch_warnings():
+            # torch warns that a plain pickle's protocol is not its own; the load below either works or
+            # is refused in one line, so the warning only adds two confusing lines before it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         text = str(e)

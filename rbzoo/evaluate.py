@@ -25,7 +25,7 @@ import torch
 from ._io import check_output, file_sha256, write_json
 from .checkpoint import build, checkpoint_dataset, read
 from .data import DEFAULT_EPS, get_dataset, get_spec
-from .constants import rbzoo_home
+from .constants import NORMS, SUBSETS, choose, rbzoo_home
 from .distributed import resolve_device
 from .errors import ConfigError, DataError
 from .exact import check_profile, clean_accuracy, indices_digest, pack_flags, wilson_interval
@@ -36,8 +36,8 @@ from .verdict import Certificate
 
 def select_indices(total: int, n_examples: int | None = None, mode: str = "first", seed: int = 0) -> np.ndarray:
     """The evaluated dataset indices, in dataset order: the first N, or a seeded random N."""
-    if mode not in ("first", "random"):
-        raise ConfigError(f"unknown subset mode {mode!r} (first, random)")
+    if mode not in SUBSETS:
+        raise ConfigError(f"unknown subset mode {mode!r}; choose from {', '.join(SUBSETS)}")
     n = total if n_examples is None else int(n_examples)
     if not 1 <= n <= total:
         raise ConfigError(f"--n-examples {n} out of range: the split has {total} examples")
@@ -121,12 +121,12 @@ def _check_config(config: EvalConfig, ckpt, path: Path):
     check_profile(config.numerics)
     attack = None
     if not config.clean_only:
-        eps = config.eps
+        eps, norm = config.eps, choose("norm", config.norm, NORMS)
         if eps is None:
-            if config.norm != "Linf":
-                raise ConfigError(f"give --eps for {config.norm} (the default radius {DEFAULT_EPS[name]:.6g} is L∞)")
+            if norm != "Linf":
+                raise ConfigError(f"give --eps for {norm} (the default radius {DEFAULT_EPS[name]:.6g} is L∞)")
             eps = DEFAULT_EPS[name]
-        attack = make_attack_spec(norm=config.norm, eps=eps, version=config.version, attacks=config.attacks,
+        attack = make_attack_spec(norm=norm, eps=eps, version=config.version, attacks=config.attacks,
                                   seed=config.seed, chunk_size=config.chunk_size, n_iter=config.n_iter,
                                   n_restarts=config.n_restarts, n_queries=config.n_queries, pgd_steps=config.pgd_steps,
                                   pgd_alpha=config.alpha, input_numel=spec.channels * spec.image_size ** 2)

@@ -17,6 +17,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 
@@ -101,11 +102,26 @@ def _transfer(session: requests.Session, url: str, part: Path, side: Path, timeo
                     f.write(chunk)
                     bar[0].advance(bar[1], len(chunk))
     except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
-        raise _Interrupted(str(e).splitlines()[0][:200]) from None
+        raise _Interrupted(_network_reason(e, url)) from None
     size = part.stat().st_size
     if total is not None and size != total:
         raise _Interrupted(f"got {size:,} of {total:,} bytes")
     return mode == "ab"
+
+
+def _network_reason(e: Exception, url: str) -> str:
+    """A short phrase for a requests error: its own text repeats the URL and cuts the cause's name."""
+    host = urlsplit(url).hostname or url
+    cause = e.args[0] if e.args else None
+    cause = getattr(cause, "reason", cause)  # urllib3's MaxRetryError wraps the real one
+    kind = type(cause).__name__ if isinstance(cause, BaseException) else type(e).__name__
+    if "NameResolution" in kind:
+        return f"cannot resolve {host}: no network?"
+    if isinstance(e, requests.Timeout) or "Timeout" in kind:
+        return f"{host} did not answer in time"
+    if isinstance(e, requests.exceptions.ChunkedEncodingError):
+        return f"{host} closed the connection mid-transfer"
+    return f"cannot connect to {host} ({kind})"
 
 
 def download(url: str, dest: str | Path, *, expected_sha256: str | None = None, expected_size: int | None = None,
@@ -144,6 +160,8 @@ def download(url: str, dest: str | Path, *, expected_sha256: str | None = None, 
                 break
             except _Interrupted as e:
                 got = part.stat().st_size if part.exists() else 0
+                if attempt == retries and not got:
+                    raise HubError(f"cannot download {url}: {e}") from None
                 if attempt == retries:
                     raise HubError(f"download of {url} interrupted after {got:,} bytes ({e}); run again to resume "
                                    f"from {part}") from None

@@ -36,6 +36,7 @@ from .errors import CheckpointError, ConfigError, DataError, HubError, RbzooErro
 from .exact import clean_accuracy
 from .inspection import describe
 from .reproduction import for_card as reproduction_for_card
+from .resolve import RUN_FOLDER_FILES
 from .verdict import Certificate, check_claims, compare
 
 CARD_FILE = "README.md"
@@ -334,8 +335,10 @@ def push(checkpoint: str | Path, repo_id: str | None = None, *, results: str | P
     ck, model = _load_checkpoint(ckpt)
     res, cert, res_path, dataset, labels = _push_results(ckpt, ck, model, sha, results, data_dir, device, progress)
     evaluated = labels is not None
-    if name is None:
-        name = re.sub(r"[^a-z0-9._-]+", "-", (repo_id.split("/")[1] if repo_id else ckpt.stem).lower()).strip("-._")
+    if name is None:  # the repo's name; for a folder, the run's (runs/qs/best.safetensors is "qs", not "best")
+        stem = repo_id.split("/")[1] if repo_id else (
+            ckpt.resolve().parent.name if ckpt.name in RUN_FOLDER_FILES else ckpt.stem)
+        name = re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-._")
     if not NAME_RE.match(name or ""):
         raise ConfigError(f"{name!r} is not a valid zoo name ([a-z0-9._-], starting with a letter or digit)")
     local_path = default_cards_dir(cards_dir) / f"{name}.md"

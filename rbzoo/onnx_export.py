@@ -33,6 +33,7 @@ import torch.nn as nn
 from . import __version__
 from ._io import atomic_path, check_output, file_sha256
 from .checkpoint import build, dataset_name, model_digest_of, read
+from .constants import ONNX_BN_MODES, ONNX_VARIANTS
 from .data import dataset_metadata, get_dataset, get_spec
 from .errors import CheckpointError, ConfigError, VerificationError
 from .evaluate import select_indices
@@ -43,8 +44,7 @@ from .models.resnet import Bottleneck, ResNet
 from .resolve import Resolver, resolve_checkpoint
 from .verdict import certify, compare_logits
 
-VARIANTS = ("dense", "int8", "sparse")
-BN_MODES = ("fold", "explicit")
+VARIANTS, BN_MODES = ONNX_VARIANTS, ONNX_BN_MODES
 DEFAULT_OPSET = 17
 
 DIGITS_CLASSES = [str(i) for i in range(10)]

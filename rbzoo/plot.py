@@ -22,6 +22,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from . import figures as F
 from ._io import atomic_path, check_output, write_json
+from .constants import PLOT_KINDS
 from .errors import ConfigError
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable with every common colour-vision deficiency.
@@ -30,7 +31,7 @@ OKABE_ITO = {
     "yellow": "#F0E442", "blue": "#0072B2", "vermillion": "#D55E00", "purple": "#CC79A7",
 }
 PALETTE = [OKABE_ITO[c] for c in ("blue", "orange", "green", "vermillion", "purple", "sky", "black", "yellow")]
-KINDS = ("layers", "structure", "curves", "attack", "zoo", "compare")
+KINDS = PLOT_KINDS
 FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
 STYLE = {
     "font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "legend.fontsize": 8,

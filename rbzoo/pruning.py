@@ -9,9 +9,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
+from .constants import SCORE_MODES
 from .layers import SubnetConv2d
 
-SCORE_MODES = ("none", "all", "except_last", "only_last")
 
 
 def allocate_keep(ns: Sequence[int], keep: float, p: float) -> list[float]:

@@ -19,6 +19,14 @@ RUN_FOLDER_FILES = ("best.safetensors", "last.safetensors")
 Resolver = Callable[[str], "Path | None"]
 
 
+def looks_local(spec: str) -> bool:
+    """True when `spec` can only be a local path: it exists, names a checkpoint file, or starts in an
+    existing folder ("runs/typo" is a mistyped run, not the Hub repo runs/typo)."""
+    path = Path(spec).expanduser()
+    return path.exists() or spec.endswith((".safetensors", ".pth", ".pt")) or (
+        len(path.parts) > 1 and Path(path.parts[0]).is_dir())
+
+
 def resolve_checkpoint(spec: str, remote: Resolver | None = None) -> Path:
     """The checkpoint file that `spec` names: a file, a run folder, or (via `remote`) a name."""
     path = Path(spec).expanduser()

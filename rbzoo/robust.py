@@ -24,9 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
-import re
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -42,49 +40,23 @@ from torch.utils.data import Dataset
 
 from . import __version__
 from ._io import write_json
+from .constants import AA_ATTACKS as ATTACKS
+from .constants import AA_VERSIONS as VERSIONS
+from .config import check_eps, parse_eps  # noqa: F401 (torch-free: the CLI checks --eps with them)
+from .constants import NORMS, choose
 from .attacks import pgd
 from .errors import ConfigError, EvalStateError
 from .exact import ordered_batches, pack_flags, pinned_numerics, unpack_flags
 
-ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 VERSION_ATTACKS = {
     "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
     "plus": ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"),
     "rand": ("apgd-ce", "apgd-dlr"),
 }
-VERSIONS = ("standard", "plus", "rand", "custom")
-NORMS = ("Linf", "L2")
 STATE_FORMAT = 1
 
 
 # --- what to run ---------------------------------------------------------------------------------
-
-
-def parse_eps(text: str | float) -> float:
-    """A radius given as a number (`0.0314`) or a fraction (`8/255`)."""
-    if isinstance(text, (int, float)):
-        value = float(text)
-    else:
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?:/\s*([0-9]*\.?[0-9]+)\s*)?", str(text))
-        if not m:
-            raise ConfigError(f"bad eps {text!r}: give a number like 0.0314 or a fraction like 8/255")
-        den = float(m.group(2)) if m.group(2) else 1.0
-        if den == 0:
-            raise ConfigError(f"bad eps {text!r}: division by zero")
-        value = float(m.group(1)) / den
-    if not math.isfinite(value):
-        raise ConfigError(f"bad eps {text!r}")
-    return value
-
-
-def check_eps(eps: float, norm: str, input_numel: int | None = None) -> None:
-    """Refuse radii that cannot be meant: ≤ 0, L∞ above 1, L2 above the diameter of [0, 1]^d."""
-    if norm == "Linf" and not 0 < eps <= 1:
-        raise ConfigError(f"eps {eps:g} out of range for Linf on [0, 1] images: need 0 < eps <= 1 (e.g. 8/255)")
-    if norm == "L2":
-        top = math.sqrt(input_numel) if input_numel else math.inf
-        if not 0 < eps <= top:
-            raise ConfigError(f"eps {eps:g} out of range for L2: need 0 < eps <= {top:g}")
 
 
 def chunk_seed(seed: int, index: int) -> int:
@@ -127,8 +99,7 @@ def make_attack_spec(*, norm: str = "Linf", eps: float | str, version: str = "st
                      pgd_steps: int | None = None, pgd_alpha: float | str | None = None,
                      input_numel: int | None = None) -> AttackSpec:
     """Validate the options of a robust evaluation; any bad value is a one-line ConfigError."""
-    if norm not in NORMS:
-        raise ConfigError(f"unknown norm {norm!r}; known: {', '.join(NORMS)}")
+    norm = choose("norm", norm, NORMS)
     eps = parse_eps(eps)
     check_eps(eps, norm, input_numel)
     if not 0 <= int(seed) < 2**63:

@@ -28,6 +28,7 @@ import random
 import shutil
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,16 +43,16 @@ from . import distributed
 from ._io import atomic_path, write_bytes, write_text
 from .attacks import pgd
 from .checkpoint import save
-from .config import TrainConfig
+from .config import CONFIG_FILE, TrainConfig, check_run_dir
 from .data import dataset_metadata, get_dataset, get_spec, split_train_valid, test_transform
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, RbzooWarning
 from .exact import ordered_batches
 from .layers import SubnetConv2d
 from .models import create_model
 from .objectives import make_objective
 from .pruning import derive_seed
 
-CONFIG_FILE, METRICS_FILE, STATE_FILE = "config.yaml", "metrics.jsonl", "state.pt"
+METRICS_FILE, STATE_FILE = "metrics.jsonl", "state.pt"
 BEST_FILE, LAST_FILE, TB_DIR = "best.safetensors", "last.safetensors", "tb"
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, STATE_FILE, BEST_FILE, LAST_FILE, TB_DIR)
 STATE_FORMAT = "rbzoo-train-state-v1"
@@ -131,6 +132,9 @@ def build_data(cfg: TrainConfig) -> _Data:
     if cfg.test_subset is not None and cfg.test_subset < len(test):
         rng = np.random.default_rng(derive_seed(cfg.seed, "test-subset"))
         test_idx = np.sort(rng.choice(len(test), cfg.test_subset, replace=False))
+    elif cfg.test_subset is not None and cfg.test_subset > len(test):
+        warnings.warn(f"test_subset {cfg.test_subset:,} is larger than the {cfg.dataset} test split "
+                      f"({len(test):,} images): the whole split is used", RbzooWarning)
     shape = (spec.channels, spec.image_size, spec.image_size)
     return _Data(_Indexed(Subset(full, train_idx.tolist())), plain, val_idx.tolist(), test, test_idx.tolist(), shape)
 
@@ -216,18 +220,6 @@ def read_state(run_dir: Path) -> dict | None:
 
 
 # --- run folder ----------------------------------------------------------------------------------
-
-
-def check_run_dir(out: Path, *, resume: bool, force: bool) -> None:
-    """Refuse to clobber a run: a non-empty folder needs --resume (continue) or --force."""
-    if resume:
-        if not (out / CONFIG_FILE).is_file():
-            raise ConfigError(f"{out} is not an rbzoo run folder (no {CONFIG_FILE}); start a run with --config ... --out {out}")
-        return
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise ConfigError(f"{out} exists and is not empty: use --resume {out} to continue that run, or --force to start over")
 
 
 def _clear_run_files(out: Path) -> None:
@@ -382,6 +374,9 @@ def _build_parts(cfg: TrainConfig, ctx, data: _Data, state: dict | None) -> _Par
     net = build_network(cfg, ctx, state)
     num_workers = cfg.num_workers if cfg.num_workers is not None else (min(8, os.cpu_count() or 1) if device.type == "cuda" else 0)
     per_rank_batch = cfg.batch_size // ctx.world_size
+    if cfg.batch_size > len(data.train):  # would silently train full-batch
+        raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training set ({len(data.train):,} images); "
+                          f"give at most {len(data.train)}")
     # Every rank shuffles with the same seed and takes its stride of one permutation, so global step
     # s trains on the same samples for any number of processes (when the set divides evenly).
     sampler = DistributedSampler(data.train, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed)

@@ -44,6 +44,7 @@ from .fetch import REGISTRY_NAME as DOWNLOADS_FILE
 from .fetch import download
 from .hub import CARD_FILE, RESULTS_FILE, Progress, fetch_hub, load_test_split
 from .registry import Registry
+from .resolve import looks_local
 from .verdict import TAU, Certificate, Verdict, check_claims, compare, compare_count, degenerate
 from .verdict import strict as strict_verdict
 from .verified import folder_origin, hub_origin, registry_entries, zoo_origin
@@ -262,8 +263,9 @@ def _check_identity(f: _Fetched, label: str):
     if wrong or (card.rb["checkpoint_bytes"] is not None and size != card.rb["checkpoint_bytes"]):
         f.purge()
         _registry_put(_key(f.origin, sha), None)
-        raise VerificationError(f"{label}: {f.path.name} is corrupted: SHA-256 {sha[:16]}… ({size:,} bytes), "
-                                f"{'; '.join(wrong) or 'size differs from the card'}; the download was deleted")
+        fate = "the download was deleted" if f.repo_id else "the file was left as it is"  # a folder's is the user's
+        raise VerificationError(f"{label}: {f.path if f.repo_id is None else f.path.name} is corrupted: SHA-256 "
+                                f"{sha[:16]}… ({size:,} bytes), {'; '.join(wrong) or 'size differs from the card'}; {fate}")
     try:
         ck = read(f.path)  # strict: format, tensor set, shapes, the whole-model digest
     except RbzooError as e:  # a published file that fails a check is a failed verification, named
@@ -529,9 +531,7 @@ def resolve_remote(spec: str) -> Path | None:
     clean accuracy is not re-evaluated here (eval measures it), but a copy that `rbzoo pull` found
     not to reproduce its card is refused.
     """
-    path = Path(spec).expanduser()
-    if path.exists() or spec.endswith((".safetensors", ".pth", ".pt")) or (
-            len(path.parts) > 1 and Path(path.parts[0]).is_dir()):  # "runs/typo": a local path, not org/name
+    if looks_local(spec):
         return None
     s = parse_spec(spec)
     if s is None or s.kind == "folder":

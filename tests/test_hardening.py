@@ -114,6 +114,12 @@ def ws(tmp_path_factory, tiny_checkpoint, cifar10_root):
     hostile = root / "hostile" / "cifar-10-batches-py"
     shutil.copytree(cifar10_root / "cifar-10-batches-py", hostile)
     (hostile / "test_batch").write_bytes(pickle.dumps({"data": _Hostile(str(root / "PWNED")), "labels": []}))
+    # a plain pickle (protocol 5): torch warns about its protocol before refusing it
+    (root / "evil.pth").write_bytes(pickle.dumps({"state_dict": _Hostile(str(root / "PWNED"))}, protocol=5))
+    shutil.copytree(root / "zoo", root / "zoo-bad")  # a --to folder whose model no longer matches its card
+    model = bytearray((root / "zoo-bad" / "model.safetensors").read_bytes())
+    model[-1] ^= 1
+    (root / "zoo-bad" / "model.safetensors").write_bytes(bytes(model))
     return {"root": root, "data": cifar10_root}
 
 
@@ -135,9 +141,10 @@ BAD_INPUT = [
     ("eps-not-a-number", EVAL + ["--eps", "eight"], 2, "bad eps 'eight'"),
     ("eps-infinite", EVAL + ["--eps", "1e999"], 2, "bad eps '1e999'"),
     ("eps-out-of-range", EVAL + ["--eps", "2"], 2, "out of range for Linf"),
-    ("norm-unknown", EVAL + ["--norm", "L3"], 2, "L3"),
+    ("norm-unknown", EVAL + ["--norm", "L3"], 2, "unknown --norm 'L3'; choose from Linf, L2"),
+    ("norm-l2-needs-eps", EVAL + ["--norm", "l2"], 2, "give --eps for L2 (the default radius"),
     ("batch-size-not-int", EVAL + ["--batch-size", "abc"], 2, "Invalid value for '--batch-size'"),
-    ("eval-missing-model", ["eval"], 2, "Missing argument 'model'"),
+    ("eval-missing-model", ["eval"], 2, "Missing argument 'MODEL'"),
     ("eval-out-is-folder", EVAL + ["--clean-only", "--out", "{root}/folder"], 2, "is a folder"),
     ("eval-no-data", EVAL + ["--clean-only", "--data-dir", "{root}/folder"], 2, "cifar10 not found in"),
     ("eval-hostile-cifar", EVAL + ["--clean-only", "--data-dir", "{root}/hostile"], 2,
@@ -157,12 +164,18 @@ BAD_INPUT = [
                             "--force"], 2, "is the input file"),
     ("pull-no-bn-check-not-imported", ["pull", "{root}/zoo", "--no-bn-check"], 2, "only for imported zoo entries"),
     ("pull-unknown-name", ["pull", "no-such-model"], 2, "is not a zoo name"),
+    ("pull-folder-corrupted", ["pull", "{root}/zoo-bad"], 3,
+     "zoo-bad/model.safetensors is corrupted"),  # and says the file was left as it is (nothing was downloaded)
+    ("convert-plain-pickle", ["convert", "{root}/evil.pth", "--arch", "tiny_resnet", "--out", "{root}/e.safetensors"], 2,
+     "evil.pth: refused: not a weights-only checkpoint"),  # one line: torch's protocol warning is not shown
     ("train-unknown-config", ["train", "--config", "no-such-config", "--out", "{root}/t"], 2, "no-such-config"),
     ("train-set-division-by-zero", ["train", "-c", "quickstart", "--set", "attack.eps=1/0", "--out", "{root}/t"], 2,
      "attack.eps: expected a number"),
     ("train-keep-nan", ["train", "-c", "quickstart", "--keep", "nan", "--out", "{root}/t"], 2, "keep"),
     ("train-out-is-file", ["train", "-c", "quickstart", "--out", "{root}/existing.safetensors", "--epochs", "1"], 2,
      "exists and is not a folder"),
+    ("train-batch-beyond-data", ["train", "-c", "quickstart", "--batch-size", "100000000000000", "--out", "{root}/t"],
+     2, "batch_size 100000000000000 is larger than the training set (1,294 images)"),
     ("train-resume-not-a-run", ["train", "--resume", "{root}/folder"], 2, "not an rbzoo run folder"),
     ("write-under-a-file", EVAL + ["--clean-only", "--out", "{root}/existing.safetensors/r.json"], 2,
      "existing.safetensors: not a folder, cannot write r.json in it"),
@@ -182,6 +195,47 @@ def test_bad_input_is_one_line_and_changes_nothing(ws, capsys, case, argv, code,
     print(f"TABLE | {' '.join(argv)} | {rc} | {err.strip()}", file=sys.__stdout__)
 
 
+def test_norm_names_match_in_any_case(ws, capsys):
+    """`--norm linf` is L∞ (its default radius included), not an unknown norm."""
+    out = ws["root"].parent / "linf.json"
+    assert main([a.format(root=ws["root"], data=ws["data"]) for a in EVAL] + ["--norm", "linf", "--pgd", "1",
+                                                                             "--out", str(out)]) == 0
+    attack = json.loads(out.read_text())["attack"]
+    assert attack["norm"] == "Linf" and attack["eps"] == 8 / 255
+
+
+def test_a_test_subset_beyond_the_split_says_so():
+    """Numbers beyond the data: a --test-subset larger than the test split is noted, not silently used."""
+    from rbzoo.config import load_config
+    from rbzoo.train import build_data
+
+    with pytest.warns(RbzooWarning, match=r"test_subset 100,000 is larger than the digits test split \(360 images\)"):
+        data = build_data(load_config("quickstart", {"test_subset": 100_000}))
+    assert len(data.test_indices) == 360
+
+
+def test_folder_source_mismatch_does_not_claim_a_download(ws, capsys):
+    assert main(["pull", str(ws["root"] / "zoo-bad")]) == 3
+    err = capsys.readouterr().err
+    assert "the file was left as it is" in err and "download" not in err, err
+
+
+def test_an_unwritable_folder_names_the_output_not_the_temp_file(ws, tmp_path, monkeypatch, capsys):
+    """What a read-only folder does to the temp file beside the output (root cannot be refused by
+    chmod, so the refusal is simulated where the temp file is made)."""
+    import errno
+    import tempfile
+
+    def denied(prefix="", suffix="", dir=None, **_):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.path.join(dir, f"{prefix}x1y2z3{suffix}"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    out = tmp_path / "dense.safetensors"
+    assert main(["export", str(ws["root"] / "ckpt.safetensors"), str(out)]) == 1
+    assert capsys.readouterr().err == f"error: {out}: Permission denied\n"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_force_replaces_an_output_but_never_an_input(ws, tmp_path, cifar10_root):
     out = tmp_path / "c.safetensors"
     out.write_bytes(b"old")
@@ -194,6 +248,18 @@ def test_force_replaces_an_output_but_never_an_input(ws, tmp_path, cifar10_root)
     (zoo / "README.md").write_text("edited by hand")
     assert main(push) == 2 and (zoo / "README.md").read_text() == "edited by hand"
     assert main(push + ["--force"]) == 0 and (zoo / "README.md").read_text().startswith("---\n")
+
+
+def test_push_to_a_folder_names_the_model_after_its_run(ws, tmp_path, capsys):
+    """`push RUN --to DIR` publishes the run's best.safetensors under the run folder's name (not "best"),
+    with its card in DIR/README.md, which `pull DIR` reads."""
+    from rbzoo.cards import load_card
+
+    out = tmp_path / "exchange"
+    assert main(["push", str(ws["root"] / "run"), "--to", str(out), "--data-dir", str(ws["data"])]) == 0
+    assert "wrote run to" in capsys.readouterr().out
+    assert load_card(out / "README.md").name == "run"
+    assert (out / "model.safetensors").read_bytes() == (ws["root"] / "run" / "best.safetensors").read_bytes()
 
 
 def test_info_takes_a_run_folder_like_eval(ws, capsys):

@@ -1,7 +1,8 @@
 """The `rbzoo` command line: a thin shell over the Python API.
 
-Each subcommand lives in its own module and only parses, calls the library, and prints. Any
-:class:`rbzoo.errors.RbzooError` becomes a one-line message and a non-zero exit code.
+Each subcommand lives in its own module and only parses, checks its options before torch loads
+(`_check`), calls the library, and prints. Any :class:`rbzoo.errors.RbzooError` becomes a one-line
+message and a non-zero exit code; any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -12,10 +13,63 @@ import warnings as _warnings
 
 import typer
 from rich.console import Console
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from ..errors import RbzooError, RbzooWarning
 
-app = typer.Typer(
+
+class _Readable:
+    """Help that reads as a user types: flags show no `<bool>`; arguments read MODEL, and the usage
+    line `MODEL [OUT] INPUTS...` (typer's own is `{model} [[OUT]] {inputs}...`); a docstring's
+    paragraphs are re-wrapped to the terminal (typer keeps their source line breaks)."""
+
+    def __init__(self, *args, help: str | None = None, **kwargs) -> None:
+        if help:
+            import inspect
+
+            help = "\n\n".join(p if p.startswith("\b") else " ".join(p.split())
+                                 for p in inspect.cleandoc(help).split("\n\n"))
+        super().__init__(*args, help=help, **kwargs)
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for p in params:
+            if isinstance(p, TyperOption) and p.is_flag and p.metavar is None:
+                p.metavar = ""  # what a flag is needs no type: it takes no value
+            elif isinstance(p, TyperArgument) and p.metavar is None:
+                p.metavar = p.name.upper() + ("..." if p.nargs != 1 else "")
+        return params
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        rv = [self.options_metavar] if self.options_metavar else []
+        for p in self.get_params(ctx):
+            if isinstance(p, TyperArgument):
+                rv.append(p.metavar if p.required else f"[{p.metavar}]")
+        if isinstance(self, TyperGroup):
+            rv.append(self.subcommand_metavar)
+        return rv
+
+
+class _Command(_Readable, TyperCommand):
+    pass
+
+
+class _Group(_Readable, TyperGroup):
+    pass
+
+
+class App(typer.Typer):
+    """typer.Typer whose commands and groups print readable help (see `_Readable`)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(cls=_Group, **kwargs)
+
+    def command(self, *args, **kwargs):
+        kwargs.setdefault("cls", _Command)
+        return super().command(*args, **kwargs)
+
+
+app = App(
     name="rbzoo",
     help="Robust binary subnetworks: train, evaluate, and share seed+mask checkpoints.",
     no_args_is_help=True,
@@ -71,8 +125,6 @@ def _register_commands() -> None:
 
 
 _register_commands()
-
-_default_showwarning = _warnings.showwarning
 
 # Exit codes (docs/contracts.md): 0 ok, 1 the system refused (disk full, permission), 2 bad input,
 # 3 a verification failed, 130 interrupted (Ctrl-C).
@@ -132,16 +184,16 @@ def _click_error(e: Exception) -> int | None:
         pass
     if not isinstance(e, tuple(kinds)):
         return None
+    if type(e).__name__ == "NoArgsIsHelpError":  # `rbzoo data`: the help was printed, as for plain `rbzoo`
+        return 0
     ctx = getattr(e, "ctx", None)
     see = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
     return _fail(f"{e.format_message()}{see}", e.exit_code)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    if issubclass(category, RbzooWarning):
-        _fail(message, 0, label="warning")
-    else:
-        _default_showwarning(message, category, filename, lineno, file, line)
+    """Every warning is one line: rbzoo's as they are, a library's with its category (not its source line)."""
+    _fail(message if issubclass(category, RbzooWarning) else f"{category.__name__}: {message}", 0, label="warning")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,9 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             return _interrupted()
         except OSError as e:
             return _os_error(e)
-        except (ValueError, KeyError) as e:  # bad option values surfacing from the library
-            return _fail(e.args[0] if isinstance(e, KeyError) and e.args else e, EXIT_USAGE)
-        except Exception as e:  # click's own usage errors, Exit and Abort
+        except Exception as e:  # click's own usage errors, Exit and Abort; anything else is a bug
             code = _click_error(e)
             if code is not None:
                 return code

@@ -7,7 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import app, console
+from ..constants import BUILTIN_ARCHITECTURES, OBJECTIVES
+from ..data import DATASETS
+from . import _check, app, console
 
 
 def _size(n: int) -> str:
@@ -19,19 +21,20 @@ def _size(n: int) -> str:
 
 @app.command()
 def convert(
-    official: Annotated[Path, typer.Argument(help="The official .pth checkpoint (read with weights_only=True).")],
-    arch: Annotated[str, typer.Option("--arch", help="rbzoo architecture, e.g. cifar_resnet34, imagenet_resnet34.")],
+    official: Annotated[Path, typer.Argument(callback=_check.existing, help="The official .pth checkpoint (read with weights_only=True).")],
+    arch: Annotated[str, typer.Option("--arch", callback=_check.names("--arch", BUILTIN_ARCHITECTURES), help="rbzoo architecture, e.g. cifar_resnet34, imagenet_resnet34.")],
     out: Annotated[Path, typer.Option("--out", help="Output format-v1 checkpoint (.safetensors).")],
-    keep: Annotated[float, typer.Option("--keep", help="Kept fraction k the model was trained with (--prune-rate).")] = 0.01,
-    p: Annotated[float, typer.Option("--p", help="Layer-adaptivity exponent p (--pr-scale).")] = 0.1,
+    keep: Annotated[float, typer.Option("--keep", min=0.0, max=1.0, help="Kept fraction k the model was trained with (--prune-rate).")] = 0.01,
+    p: Annotated[float, typer.Option("--p", min=0.0, max=1.0, help="Layer-adaptivity exponent p (--pr-scale).")] = 0.1,
     end_with_bn: Annotated[bool, typer.Option("--end-with-bn", help="The model has the final BN over the logits (last.*).")] = False,
-    num_classes: Annotated[Optional[int], typer.Option("--num-classes", help="Classes (default: the dataset's).")] = None,
-    dataset: Annotated[Optional[str], typer.Option("--dataset", help="cifar10, cifar100 or imagenet100 (default: from the file's arch).")] = None,
-    objective: Annotated[Optional[str], typer.Option("--objective", help="Training objective to record (pgd, fast, trades).")] = None,
+    num_classes: Annotated[Optional[int], typer.Option("--num-classes", min=1, help="Classes (default: the dataset's).")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", callback=_check.names("--dataset", tuple(DATASETS)), help="cifar10, cifar100 or imagenet100 (default: from the file's arch).")] = None,
+    objective: Annotated[Optional[str], typer.Option("--objective", callback=_check.names("--objective", OBJECTIVES), help="Training objective to record (pgd, fast, trades).")] = None,
     no_bn_check: Annotated[bool, typer.Option("--no-bn-check", help="Skip the check that BN statistics fit the masks of --keep/--p.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file (never the input).")] = False,
 ) -> None:
     """Convert an official checkpoint to rbzoo's format (explicit signs), proving identical logits."""
+    _check.output(out, force=force, kind="--out", inputs=(official,))  # before torch loads (convert checks again)
     from .. import convert as rb_convert  # here, not at the top: --help stays torch-free
 
     r = rb_convert.convert_official(official, arch=arch, keep=keep, p=p, end_with_bn=end_with_bn, num_classes=num_classes,

@@ -8,9 +8,10 @@ from typing import Annotated, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from . import app, console, err_console
+from ..constants import LINK_MODES
+from . import App, _check, app, console, err_console
 
-data_app = typer.Typer(help="Prepare datasets.", no_args_is_help=True)
+data_app = App(help="Prepare datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 
@@ -18,15 +19,17 @@ app.add_typer(data_app, name="data")
 def imagenet100(
     imagenet: Annotated[Path, typer.Option("--imagenet", help="ImageNet root (or the Kaggle layout's top) with train/<wnid>/ and val/, per-class or flat.")],
     out: Annotated[Path, typer.Option("--out", help="Data folder: the subset goes to OUT/imagenet100/{train,val} (use it as --data-dir).")],
-    link: Annotated[str, typer.Option("--link", help="copy (default), hard (hard links) or sym (symbolic links).")] = "copy",
+    link: Annotated[str, typer.Option("--link", callback=_check.names("--link", LINK_MODES), help="copy (default), hard (hard links) or sym (symbolic links).")] = "copy",
     classes: Annotated[Optional[Path], typer.Option("--classes", help="A custom class list (one WNID per line) instead of the shipped one.")] = None,
     val_labels: Annotated[Optional[Path], typer.Option(
         "--val-labels", help="Labels of a flat val/: Kaggle's LOC_val_solution.csv (found by itself at the root or "
                              "the Kaggle top) or '<file name> <wnid>' lines.")] = None,
-    workers: Annotated[int, typer.Option("--workers", help="Parallel file operations.")] = 8,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Parallel file operations.")] = 8,
 ) -> None:
-    """Build ImageNet100 (docs/method.md §8: Continuum's class list, pinned) by copying or linking the
-    files of its 100 classes. Resumable: rerun the same command after an interruption."""
+    """Build ImageNet100 from an ImageNet folder tree (resumable: rerun the same command).
+
+    The subset is Continuum's class list, pinned (docs/method.md §8); its 100 classes' files are
+    copied or linked."""
     from ..data import imagenet100 as inet  # here, not at the top: --help stays torch-free
 
     with Progress(TextColumn("imagenet100"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

@@ -10,8 +10,10 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ..constants import AA_VERSIONS, NORMS, NUMERICS_PROFILES, SUBSETS
+from ..data import DATASETS
 from ..labels import pct
-from . import app, console, resume_hint, same_command
+from . import _check, app, console, resume_hint, same_command
 
 
 class _Display:
@@ -87,38 +89,44 @@ def _summary(r: dict, out: Optional[Path]) -> None:
 
 @app.command("eval")
 def eval_cmd(
-    model: Annotated[str, typer.Argument(help="Checkpoint file, run folder (best/last.safetensors), or zoo name.")],
-    dataset: Annotated[Optional[str], typer.Option(help="Dataset (default: the one recorded in the checkpoint).")] = None,
-    split: Annotated[str, typer.Option(help="train or test.")] = "test",
+    model: Annotated[str, typer.Argument(callback=_check.model, help="A checkpoint file, a run folder (best/last.safetensors), "
+                                         "a zoo name (`rbzoo pull --list`), a Hub repo id org/name[@rev], or a folder "
+                                         "written by `rbzoo push --to`.")],
+    dataset: Annotated[Optional[str], typer.Option(callback=_check.names("--dataset", tuple(DATASETS)),
+                                                   help="Dataset (default: the one recorded in the checkpoint).")] = None,
+    split: Annotated[str, typer.Option(callback=_check.names("--split", ("train", "test")), help="train or test.")] = "test",
     data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Data folder (default $RBZOO_DATA or ./data).")] = None,
     download: Annotated[bool, typer.Option("--download", help="Download the dataset if missing.")] = False,
-    n_examples: Annotated[Optional[int], typer.Option("--n-examples", help="Evaluate N examples (default: the whole split).")] = None,
-    subset: Annotated[str, typer.Option(help="Which N: 'first' or a seeded 'random' subset.")] = "first",
+    n_examples: Annotated[Optional[int], typer.Option("--n-examples", min=1, help="Evaluate N examples (default: the whole split).")] = None,
+    subset: Annotated[str, typer.Option(callback=_check.names("--subset", SUBSETS), help="Which N: 'first' or a seeded 'random' subset.")] = "first",
     subset_seed: Annotated[int, typer.Option("--subset-seed", help="Seed of the random subset.")] = 0,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size of the clean pass.")] = 256,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
-    workers: Annotated[int, typer.Option(help="Data-loader worker processes.")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Batch size of the clean pass.")] = 256,
+    device: Annotated[str, typer.Option(callback=_check.device, help="cpu, cuda, cuda:N or auto.")] = "auto",
+    workers: Annotated[int, typer.Option(min=0, help="Data-loader worker processes.")] = 0,
     clean_only: Annotated[bool, typer.Option("--clean-only", help="Only clean accuracy, no attack.")] = False,
-    norm: Annotated[str, typer.Option(help="Threat model: Linf or L2.")] = "Linf",
-    eps: Annotated[Optional[str], typer.Option(help="Radius, e.g. 8/255 or 0.0314 (default: the dataset's L∞ eps).")] = None,
-    version: Annotated[str, typer.Option(help="AutoAttack version: standard, plus, rand or custom.")] = "standard",
+    norm: Annotated[str, typer.Option(callback=_check.names("--norm", NORMS), help="Threat model: Linf (L∞) or L2, "
+                                                                                "any case.")] = "Linf",
+    eps: Annotated[Optional[str], typer.Option(callback=_check.eps, help="Radius, e.g. 8/255 or 0.0314 (default: the dataset's L∞ eps).")] = None,
+    version: Annotated[str, typer.Option(callback=_check.names("--version", AA_VERSIONS), help="AutoAttack version: standard, plus, rand or custom.")] = "standard",
     attacks: Annotated[Optional[str], typer.Option(help="With --version custom: comma-separated, from apgd-ce, apgd-dlr, apgd-t, fab, fab-t, square.")] = None,
-    pgd: Annotated[Optional[int], typer.Option("--pgd", metavar="STEPS", help="Quick check: L∞ PGD-STEPS (best iterate) instead of AutoAttack.")] = None,
-    alpha: Annotated[Optional[str], typer.Option(help="PGD step size (default eps/4).")] = None,
+    pgd: Annotated[Optional[int], typer.Option("--pgd", metavar="STEPS", min=1, help="Quick check: L∞ PGD-STEPS (best iterate) instead of AutoAttack.")] = None,
+    alpha: Annotated[Optional[str], typer.Option(callback=_check.eps, help="PGD step size (default eps/4).")] = None,
     seed: Annotated[int, typer.Option(help="Attack seed; chunk i uses a seed derived from (seed, i).")] = 0,
-    chunk_size: Annotated[int, typer.Option("--chunk-size", help="Points per chunk: the unit of saving, sharding and attack batching.")] = 500,
-    n_iter: Annotated[Optional[int], typer.Option("--n-iter", help="Override APGD/FAB iterations (default: the version's).")] = None,
-    n_restarts: Annotated[Optional[int], typer.Option("--n-restarts", help="Override APGD/FAB/Square restarts.")] = None,
-    n_queries: Annotated[Optional[int], typer.Option("--n-queries", help="Override Square queries.")] = None,
+    chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="Points per chunk: the unit of saving, sharding and attack batching.")] = 500,
+    n_iter: Annotated[Optional[int], typer.Option("--n-iter", min=1, help="Override APGD/FAB iterations (default: the version's).")] = None,
+    n_restarts: Annotated[Optional[int], typer.Option("--n-restarts", min=1, help="Override APGD/FAB/Square restarts.")] = None,
+    n_queries: Annotated[Optional[int], typer.Option("--n-queries", min=1, help="Override Square queries.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Write the results JSON here (atomically).")] = None,
     state: Annotated[Optional[Path], typer.Option(help="Resume-state folder (default: $RBZOO_HOME/eval-state/<key of the "
                                                         "evaluation>: the same command resumes, with or without --out).")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Discard any saved state and start over.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file.")] = False,
-    numerics: Annotated[str, typer.Option("--numerics", help="Clean-pass numerics: verify (float32, TF32 off; the "
+    numerics: Annotated[str, typer.Option("--numerics", callback=_check.names("--numerics", NUMERICS_PROFILES), help="Clean-pass numerics: verify (float32, TF32 off; the "
                                           "reference), fast (TF32) or bf16; recorded with the certificate.")] = "verify",
 ) -> None:
     """Exact clean accuracy and AutoAttack robust accuracy of a checkpoint (resumable; shard it with torchrun)."""
+    if out is not None:  # before torch loads (the library checks again)
+        _check.output(out, force=force, kind="--out", model=model)
     from ..evaluate import EvalConfig, run_eval  # here, not at the top: --help stays torch-free
     from ..zoo import resolve_remote
 

@@ -6,12 +6,14 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich import box
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ..constants import NUMERICS_PROFILES
 from ..errors import ConfigError
 from ..labels import attack_label, pct
-from . import app, console
+from . import _check, app, console
 
 _ENDPOINT = typer.Option("--endpoint", help="Hub URL (default: $HF_ENDPOINT, else https://huggingface.co).")
 _TOKEN = typer.Option("--token", help="Hub token (default: $HF_TOKEN, else `hf auth login`). Never printed.")
@@ -54,9 +56,10 @@ def _robust_text(card) -> str:
 
 @app.command()
 def push(
-    checkpoint: Annotated[Path, typer.Argument(help="The checkpoint (.safetensors) to publish.")],
+    checkpoint: Annotated[str, typer.Argument(callback=_check.checkpoint, help="The checkpoint (.safetensors) to publish, "
+                                              "or a run folder (its best, else last, checkpoint).")],
     repo_id: Annotated[Optional[str], typer.Argument(help="Hub repo id org/name (optional with --to).")] = None,
-    results: Annotated[Optional[Path], typer.Option("--results", help="`rbzoo eval` results JSON (default: "
+    results: Annotated[Optional[Path], typer.Option("--results", callback=_check.existing, help="`rbzoo eval` results JSON (default: "
                        "<stem>.results.json or results.json beside the checkpoint).")] = None,
     data_dir: Annotated[Optional[Path], _DATA] = None,
     revision: Annotated[Optional[str], typer.Option("--revision", help="Branch to commit to (created if needed).")] = None,
@@ -64,11 +67,12 @@ def push(
     create_pr: Annotated[bool, typer.Option("--create-pr", help="Open a pull request instead of committing.")] = False,
     endpoint: Annotated[Optional[str], _ENDPOINT] = None,
     token: Annotated[Optional[str], _TOKEN] = None,
-    name: Annotated[Optional[str], typer.Option("--name", help="Zoo name (default: the repo's name).")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Zoo name (default: the repo's name; with --to, the "
+                                                               "run folder's name, else the file's stem).")] = None,
     to: Annotated[Optional[Path], typer.Option("--to", help="Write the repo layout into this folder instead "
                                                              "(air-gapped exchange; no network).")] = None,
     cards_dir: Annotated[Optional[Path], _CARDS] = None,
-    device: Annotated[str, typer.Option("--device", help="Device for --data-dir evaluation.")] = "cpu",
+    device: Annotated[str, typer.Option("--device", callback=_check.device, help="Device for --data-dir evaluation.")] = "cpu",
     force: Annotated[bool, typer.Option("--force", help="With --to: replace the files of an earlier push there.")] = False,
     reproduction: Annotated[Optional[Path], typer.Option("--reproduction", help="An `rbzoo reproduce` report of this "
                             "model (reproduction.json): published beside it; the card says who reproduced it.")] = None,
@@ -79,6 +83,9 @@ def push(
     With --data-dir and results, both must agree exactly. Prints the revision to pin and updates
     the zoo's local card.
     """
+    from ..resolve import resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(checkpoint)  # a file or a run folder (checked before torch loads)
     from .. import hub  # here, not at the top: --help and --list stay torch-free
 
     with _Bars() as bars:
@@ -89,7 +96,8 @@ def push(
     acc = f"clean {exp['clean_correct']}/{exp['n_examples']} ({pct(r.card.rb['claimed']['clean_acc'], of=100)})"
     if r.folder is not None:
         also = f", {hub.REPRODUCTION_FILE}" if reproduction is not None else ""
-        console.print(f"wrote {r.folder}: {hub.CARD_FILE}, {hub.CHECKPOINT_FILE}, {hub.RESULTS_FILE}{also} ({acc})")
+        console.print(f"wrote {r.card.name} to {r.folder}: {hub.CARD_FILE} (its card), {hub.CHECKPOINT_FILE}, "
+                      f"{hub.RESULTS_FILE}{also} ({acc})", highlight=False)
         console.print(f"on the other machine: rbzoo pull {r.folder}", highlight=False)
         return
     console.print(f"pushed {r.card.name} to {r.repo_id} in one commit ({acc}): {r.commit_url}", highlight=False)
@@ -109,12 +117,13 @@ def pull(
     token: Annotated[Optional[str], _TOKEN] = None,
     list_zoo: Annotated[bool, typer.Option("--list", help="Show the zoo (every card) as a table.")] = False,
     cards_dir: Annotated[Optional[Path], _CARDS] = None,
-    device: Annotated[str, typer.Option("--device", help="Device for the verification.")] = "cpu",
-    source: Annotated[Optional[Path], typer.Option("--source", help="Imported entries only: a local copy of the authors' official .pth file (instead of downloading it).")] = None,
+    device: Annotated[str, typer.Option("--device", callback=_check.device, help="Device for the verification.")] = "cpu",
+    source: Annotated[Optional[Path], typer.Option("--source", callback=_check.existing, help="Imported entries only: a local copy of the authors' official .pth file (instead of downloading it).")] = None,
     no_bn_check: Annotated[bool, typer.Option("--no-bn-check", help="Imported entries only: convert without checking the card's keep/p against the BN statistics (see docs/convert.md).")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Demand every predicted label to equal the reference "
                                          "(no near-tie tolerance; a count-only card fails).")] = False,
-    numerics: Annotated[str, typer.Option("--numerics", help="Numerics profile of the re-evaluation: verify "
+    numerics: Annotated[str, typer.Option("--numerics", callback=_check.names("--numerics", NUMERICS_PROFILES),
+                                          help="Numerics profile of the re-evaluation: verify "
                                           "(float32, TF32 off), fast (TF32), bf16 (docs/numerics.md).")] = "verify",
     write_card: Annotated[bool, typer.Option("--write-card", help="Count-only cards: write the card with this "
                                              "machine's per-sample reference into the cards folder.")] = False,
@@ -134,6 +143,7 @@ def pull(
         return
     if spec is None:
         raise ConfigError("give NAME, REPO_ID[@REV] or DIR to pull, or --list to see the zoo")
+    _check.pull_spec(spec, cards_dir)  # a typo is answered before torch loads
     from .. import zoo  # after --list: listing the zoo does not import torch
 
     with _Bars() as bars:
@@ -189,20 +199,34 @@ def _print_card_block(r) -> None:
                       "next pull here is exact)", highlight=False)
 
 
+_ZOO_COLUMNS = ("name", "dataset", "architecture", "k", "objective", "clean", "robust", "size", "Hub", "status")
+_WIDE_ZOO = 140
+
+
 def _print_zoo(cards_dir) -> None:
     from ..constants import cards_dir as default_cards_dir
     from ..verified import list_zoo
 
     entries = list_zoo(cards_dir)
-    table = Table(title=f"rbzoo model zoo ({len(entries)} model{'' if len(entries) == 1 else 's'})")
-    for col in ("name", "dataset", "architecture", "k", "objective", "clean", "robust", "size", "Hub", "status"):
-        table.add_column(col, justify="right" if col in ("k", "clean", "robust", "size") else "left")
+    # Narrower than _WIDE_ZOO columns: the columns a name does not already say (rn34-cifar10-pgd), never a cut name.
+    wide = console.width >= _WIDE_ZOO
+    cols = _ZOO_COLUMNS if wide else ("name", "k", "clean", "robust", "size", "status")
+    table = Table(title=f"rbzoo model zoo ({len(entries)} model{'' if len(entries) == 1 else 's'})",
+                  box=box.HEAVY_HEAD if wide else box.SIMPLE_HEAD, pad_edge=wide)
+    for col in cols:
+        table.add_column(col, justify="right" if col in ("k", "clean", "robust", "size") else "left",
+                         no_wrap=col in ("name", "Hub", "clean", "robust", "size"))
     for e in entries:
         rb = e.card.rb
         hubref = f"{rb['repo_id']}@{rb['revision'][:12]}" if rb["revision"] else (rb["repo_id"] or "—")
-        size = f"{rb['checkpoint_bytes']:,}" if rb["checkpoint_bytes"] else "—"
-        table.add_row(rb["name"], rb["dataset"], rb["arch"]["id"], f"{rb['keep']:g}", rb["objective"] or "—",
-                      pct(rb["claimed"]["clean_acc"], of=100), pct(rb["claimed"]["robust_acc"], of=100), size, hubref, e.status)
+        row = {"name": rb["name"], "dataset": rb["dataset"], "architecture": rb["arch"]["id"], "k": f"{rb['keep']:g}",
+               "objective": rb["objective"] or "—", "clean": pct(rb["claimed"]["clean_acc"], of=100),
+               "robust": pct(rb["claimed"]["robust_acc"], of=100),
+               "size": f"{rb['checkpoint_bytes']:,}" if rb["checkpoint_bytes"] else "—", "Hub": hubref, "status": e.status}
+        table.add_row(*(row[c] for c in cols))
     console.print(table)
+    if entries and not wide:
+        console.print(f"(dataset, architecture, objective and Hub repo: on a terminal of {_WIDE_ZOO}+ columns)",
+                      highlight=False)
     if not entries:
         console.print(f"no cards in {default_cards_dir(cards_dir)}", highlight=False)

@@ -10,13 +10,15 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ..constants import ONNX_BN_MODES, ONNX_VARIANTS, choose
+from ..data import DATASETS
 from ..errors import ConfigError
-from . import app, console
+from . import _check, app, console
 
 
 @app.command()
 def info(
-    checkpoint: Annotated[Optional[str], typer.Argument(help="A format-v1 checkpoint (.safetensors), a run folder "
+    checkpoint: Annotated[Optional[str], typer.Argument(callback=_check.model, help="A format-v1 checkpoint (.safetensors), a run folder "
                                                                 "(best/last.safetensors) or a zoo name, as for eval.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
     list_models: Annotated[bool, typer.Option("--list-models", help="List the registered architectures.")] = False,
@@ -64,39 +66,42 @@ def info(
 def _export_format(fmt: Optional[str], out: Path) -> str:
     if fmt is None:  # the suffix decides; the historical default is safetensors
         return "onnx" if out.suffix.lower() == ".onnx" else "safetensors"
-    if fmt not in ("onnx", "safetensors"):
-        raise ConfigError(f"unknown --format {fmt!r} (onnx, safetensors)")
-    return fmt
+    return choose("--format", fmt, ("onnx", "safetensors"))
 
 
 @app.command()
 def export(
-    model: Annotated[str, typer.Argument(help="Checkpoint file, run folder, zoo name or repo id.")],
-    out_arg: Annotated[Optional[Path], typer.Argument(metavar="[OUT]", help="Output file (same as --out).")] = None,
+    model: Annotated[str, typer.Argument(callback=_check.model, help="A checkpoint file, a run folder, a zoo name, a Hub "
+                                         "repo id or a `rbzoo push --to` folder, as for eval.")],
+    out_arg: Annotated[Optional[Path], typer.Argument(metavar="OUT", help="Output file (same as --out).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output file.")] = None,
     fmt: Annotated[Optional[str], typer.Option("--format", help="onnx or safetensors (default: from the suffix of OUT; safetensors otherwise).")] = None,
-    variant: Annotated[str, typer.Option(help="ONNX weights: dense (float32), int8 (±1/0, cast in the graph) or sparse (sparse initializers).")] = "dense",
-    bn: Annotated[str, typer.Option(help="ONNX BatchNorm: fold (into the convolutions) or explicit (BatchNormalization nodes).")] = "fold",
-    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
-    check_n: Annotated[Optional[int], typer.Option("--check-n", help="Verify on the first N test samples (default: the whole test split).")] = None,
-    dataset: Annotated[Optional[str], typer.Option(help="Dataset to verify on (default: the one recorded in the checkpoint).")] = None,
+    variant: Annotated[str, typer.Option(callback=_check.names("--variant", ONNX_VARIANTS), help="ONNX weights: dense (float32), int8 (±1/0, cast in the graph) or sparse (sparse initializers).")] = "dense",
+    bn: Annotated[str, typer.Option(callback=_check.names("--bn", ONNX_BN_MODES), help="ONNX BatchNorm: fold (into the convolutions) or explicit (BatchNormalization nodes).")] = "fold",
+    opset: Annotated[int, typer.Option(min=1, help="ONNX opset.")] = 17,
+    check_n: Annotated[Optional[int], typer.Option("--check-n", min=1, help="Verify on the first N test samples (default: the whole test split).")] = None,
+    dataset: Annotated[Optional[str], typer.Option(callback=_check.names("--dataset", tuple(DATASETS)), help="Dataset to verify on (default: the one recorded in the checkpoint).")] = None,
     data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Data folder (default $RBZOO_DATA or ./data).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output file.")] = False,
 ) -> None:
     """Export a model: ONNX verified by onnxruntime against rbzoo's labels, or dense safetensors."""
-    from .. import inspection  # library imports live in the commands: --help stays torch-free
-    from .. import onnx_export
-    from ..resolve import resolve_checkpoint
-    from ..zoo import resolve_remote
-
     if out_arg is not None and out is not None:
         raise ConfigError("give the output once: OUT or --out")
     out = out if out is not None else out_arg
     if out is None:
         raise ConfigError("give an output file: --out PATH")
-    if _export_format(fmt, out) == "safetensors":
-        if variant != "dense" or bn != "fold" or check_n is not None:
-            raise ConfigError("--variant, --bn and --check-n apply to --format onnx")
+    fmt = _export_format(fmt, out)
+    if fmt == "safetensors" and (variant != "dense" or bn != "fold" or check_n is not None):
+        raise ConfigError(f"--variant, --bn and --check-n apply to --format onnx (or an OUT ending in .onnx), "
+                          f"not to {out}")
+    _check.output(out, force=force, model=model)
+
+    from .. import inspection  # library imports live in the commands: --help stays torch-free
+    from .. import onnx_export
+    from ..resolve import resolve_checkpoint
+    from ..zoo import resolve_remote
+
+    if fmt == "safetensors":
         n = inspection.export_dense(resolve_checkpoint(model, resolve_remote), out, force=force)
         console.print(f"wrote {out} ({n:,} bytes)", highlight=False)
         return

@@ -9,8 +9,10 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..constants import BUILTIN_ARCHITECTURES, OBJECTIVES
+from ..data import DATASETS
 from ..errors import ConfigError
-from . import app, console, resume_hint
+from . import _check, app, console, resume_hint
 
 _SET_HELP = "Override any config field, repeatable: --set attack.eps=4/255 --set lr_schedule=multistep."
 
@@ -34,26 +36,34 @@ def train(
     keep: Annotated[Optional[float], typer.Option("--keep", help="Fraction of weights kept, in (0, 1] (the official --prune-rate).")] = None,
     sparsity: Annotated[Optional[float], typer.Option("--sparsity", help="The paper's pruning rate r = 1 − keep.")] = None,
     p: Annotated[Optional[float], typer.Option("--p", "--pr-scale", help="Layer-adaptivity exponent in [0, 1] (alias --pr-scale, the official name).")] = None,
-    epochs: Annotated[Optional[int], typer.Option("--epochs")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Global batch size.")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
-    objective: Annotated[Optional[str], typer.Option("--objective", help="pgd, fast, fgsm_rs or trades.")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Training epochs.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=2, help="Global batch size (at most the "
+                                                      "training set's size).")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", min=0.0, help="Peak learning rate of SGD on the scores.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", min=0, help="Seed of the signs, the scores' init and the "
+                                                "data order (recorded in the checkpoint).")] = None,
+    objective: Annotated[Optional[str], typer.Option("--objective", callback=_check.names("--objective", OBJECTIVES),
+                                                     help="pgd, fast, fgsm_rs or trades.")] = None,
     paper_compat: Annotated[Optional[bool], typer.Option("--paper-compat/--no-paper-compat",
                                                          help="Reproduce the official quirks that change results.")] = None,
-    arch: Annotated[Optional[str], typer.Option("--arch")] = None,
-    dataset: Annotated[Optional[str], typer.Option("--dataset")] = None,
+    arch: Annotated[Optional[str], typer.Option("--arch", callback=_check.names("--arch", BUILTIN_ARCHITECTURES),
+                                                help="Architecture (`rbzoo info --list-models`).")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", callback=_check.names("--dataset", tuple(DATASETS)),
+                                                   help="cifar10, cifar100, imagenet100 or digits.")] = None,
     data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Folder holding the datasets (default $RBZOO_DATA or ./data).")] = None,
     download: Annotated[Optional[bool], typer.Option("--download/--no-download", help="Download CIFAR if missing.")] = None,
-    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = None,
-    num_workers: Annotated[Optional[int], typer.Option("--num-workers")] = None,
-    eval_every: Annotated[Optional[int], typer.Option("--eval-every", help="Validate every N epochs.")] = None,
-    test_every: Annotated[Optional[int], typer.Option("--test-every", help="Test every N epochs.")] = None,
-    test_subset: Annotated[Optional[int], typer.Option("--test-subset", help="Evaluate a fixed seeded subset of N test images.")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", callback=_check.device, help="auto, cpu, cuda or cuda:N.")] = None,
+    num_workers: Annotated[Optional[int], typer.Option("--num-workers", min=0, help="Data-loader worker processes "
+                                                       "(default: 0 on CPU, up to 8 on CUDA).")] = None,
+    eval_every: Annotated[Optional[int], typer.Option("--eval-every", min=1, help="Validate every N epochs.")] = None,
+    test_every: Annotated[Optional[int], typer.Option("--test-every", min=1, help="Test every N epochs.")] = None,
+    test_subset: Annotated[Optional[int], typer.Option("--test-subset", min=1, help="Evaluate a fixed seeded subset of N test images.")] = None,
     bf16: Annotated[Optional[bool], typer.Option("--bf16/--no-bf16", help="bfloat16 autocast.")] = None,
-    channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last")] = None,
+    channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last",
+                                                          help="channels_last memory format (faster on some GPUs).")] = None,
     sync_bn: Annotated[Optional[bool], typer.Option("--sync-bn/--no-sync-bn", help="SyncBatchNorm under torchrun (CUDA).")] = None,
-    tensorboard: Annotated[Optional[bool], typer.Option("--tensorboard/--no-tensorboard")] = None,
+    tensorboard: Annotated[Optional[bool], typer.Option("--tensorboard/--no-tensorboard",
+                                                        help="Also write TensorBoard logs into the run folder.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help=_SET_HELP)] = None,
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved config and exit.")] = False,
     list_: Annotated[bool, typer.Option("--list-configs", help="List the shipped configs and exit.")] = False,
@@ -64,7 +74,7 @@ def train(
     `rbzoo train -c rn34-cifar10-pgd -o runs/rn34 --data-dir data --keep 0.05`;
     `rbzoo train --resume runs/rn34`; multi-GPU: `torchrun --nproc_per_node 8 -m rbzoo train ...`.
     """
-    from ..config import RUNTIME_FIELDS, field_names, list_configs, load_config, parse_override  # not at the top: fast --help
+    from ..config import RUNTIME_FIELDS, check_run_dir, field_names, list_configs, load_config, parse_override
 
     if list_:
         for name in list_configs():
@@ -108,6 +118,7 @@ def train(
                 raise ConfigError("give --out RUN_DIR when running under torchrun")
             out = default_run_dir(cfg.name or cfg.arch)
         run_dir = out
+    check_run_dir(run_dir, resume=resume is not None, force=force)  # before torch loads (train checks again)
 
     from ..train import train as run_training  # imported here: plain `rbzoo info` stays light
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._io import atomic_path, write_json
+from ..constants import LINK_MODES
 from ..errors import DataError
 
 CLASSES_FILE = Path(__file__).with_name("imagenet100_classes.txt")
@@ -39,7 +40,6 @@ CLASSES_FILE = Path(__file__).with_name("imagenet100_classes.txt")
 CLASSES_SHA256 = "b332dbd149be58bd06982a583959d80f93d796938a70c0db0146a9e4fc9d661f"
 VAL_PER_CLASS = 50  # every ILSVRC2012 class has exactly 50 validation images
 SPLITS = ("train", "val")
-LINK_MODES = ("copy", "hard", "sym")
 _WNID = re.compile(r"^n\d{8}$")
 _IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 VALPREP_HINT = ("put val/ in per-class folders first (val/<wnid>/ILSVRC2012_val_*.JPEG), e.g. with "
