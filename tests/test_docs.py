@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHELL_BLOCKS = {"", "bash", "sh", "shell", "console"}
 SEPARATORS = {"&&", "||", ";", "|"}
+REDIRECTS = {">", ">>", "<", "2>", "2>>", "&>"}  # the shell's, with the file they name
 COMMAND_LINE = re.compile(r"(^|&&|;|\|)\s*(\$\s+)?rbzoo\s")
 PLACEHOLDER_VALUE = re.compile(r"^(<.*>|[A-Z][A-Z0-9_]*…?|N|K|P)$")  # <commit>, DIR, CKPT, N
 
@@ -62,7 +63,11 @@ def _shell_commands(lines: list[str], start: int):
         text, at = "", first
         first = None
         segment: list[str] = []
+        redirect = False
         for tok in [*tokens, ";"]:
+            if redirect or tok in REDIRECTS or re.fullmatch(r"\d?>&\d", tok):
+                redirect = tok in REDIRECTS
+                continue
             if tok in SEPARATORS:
                 if segment[:1] == ["$"]:
                     segment = segment[1:]
@@ -85,6 +90,8 @@ def _inline_commands(text: str):
             continue
         for span in re.findall(r"`(rbzoo\s[^`]+)`", line):
             tokens = shlex.split(span)[1:]
+            cut = [i for i, tok in enumerate(tokens) if tok in REDIRECTS or tok in SEPARATORS]
+            tokens = tokens[:cut[0]] if cut else tokens  # the rest is the shell's
             alternatives = [[]]
             for tok in tokens:
                 options = tok.split("|") if "|" in tok and not tok.startswith("-") else [tok]

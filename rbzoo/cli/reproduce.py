@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..constants import AA_VERSIONS
 from ..errors import ConfigError
-from . import app, console, resume_hint, same_command
+from . import _check, app, console, resume_hint, same_command
 
 
 class _EvalDisplay:
@@ -43,8 +44,8 @@ def reproduce(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (config, epochs, attack, data) and exit.")] = False,
     data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Folder holding the datasets (default $RBZOO_DATA or ./data).")] = None,
     download: Annotated[bool, typer.Option("--download", help="Download CIFAR if missing.")] = False,
-    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = None,
-    num_workers: Annotated[Optional[int], typer.Option("--num-workers")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", callback=_check.device, help="auto, cpu, cuda or cuda:N.")] = None,
+    num_workers: Annotated[Optional[int], typer.Option("--num-workers", min=0, help="Data-loading worker processes (default: the config's).")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Train this many epochs instead of the config's "
                                                   "(a modified config: the report says so).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Training seed (default: the config's).")] = None,
@@ -52,7 +53,7 @@ def reproduce(
                                                          help="Reproduce the official code's quirks (default: the config's).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config field, repeatable: --set width=4.")] = None,
     n_examples: Annotated[Optional[int], typer.Option("--n-examples", help="Evaluate the first N test images (default: all).")] = None,
-    version: Annotated[Optional[str], typer.Option("--version", help="AutoAttack version (default: the card's).")] = None,
+    version: Annotated[Optional[str], typer.Option("--version", callback=_check.names("--version", AA_VERSIONS), help="AutoAttack version (default: the card's).")] = None,
     attacks: Annotated[Optional[str], typer.Option("--attacks", help="With --version custom: e.g. apgd-ce (cheaper: an upper bound).")] = None,
     pgd: Annotated[Optional[int], typer.Option("--pgd", metavar="STEPS", help="A quick L∞ PGD instead of AutoAttack (an upper bound).")] = None,
     n_iter: Annotated[Optional[int], typer.Option("--n-iter", help="Override APGD/FAB iterations (an upper bound).")] = None,
