@@ -8,7 +8,11 @@ same interrupted or not, on one process or sharded. This is exactly what
 batch_size=len(x))`` computes on the chunk's clean-correct points (every attack reseeds the
 global generator with the same seed at the start of each batch).
 
-After every attack on a chunk, the chunk's robust flags and finished attacks are written
+Every point an attack breaks keeps its adversarial input as evidence (:mod:`rbzoo.evidence`:
+quantized, re-checked, compressed), saved with the chunk, so resumed and sharded runs give the same
+evidence byte for byte. The attack runs under the spec's numerics profile (`verify` by default).
+
+After every attack on a chunk, the chunk's robust flags, evidence and finished attacks are written
 atomically to `STATE/chunk-NNNNNN.json`; `STATE/fingerprint.json` pins what the state belongs to
 (model, data, indices, norm, eps, version, attacks, seed, chunk size, ...), and a resume with
 anything different is refused. pyautoattack's own `state_path` is not used: it cannot reload the
@@ -44,7 +48,8 @@ from . import __version__
 from ._io import write_json
 from .attacks import pgd
 from .errors import ConfigError, EvalStateError
-from .exact import ordered_batches, pack_flags, pinned_numerics, unpack_flags
+from .evidence import Encoded, encode_breaks
+from .exact import check_profile, numerics, ordered_batches, pack_flags, unpack_flags
 
 ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 VERSION_ATTACKS = {
@@ -108,11 +113,12 @@ class AttackSpec:
     n_queries: int | None = None  # override: Square queries
     pgd_steps: int | None = None
     pgd_alpha: float | None = None
+    numerics: str = "verify"  # the rbzoo.exact profile the attack runs under
 
     def as_dict(self) -> dict:
         """The results' `attack` object."""
         d = {"norm": self.norm, "eps": self.eps, "version": self.version, "attacks": list(self.attacks),
-             "seed": self.seed, "chunk_size": self.chunk_size}
+             "seed": self.seed, "chunk_size": self.chunk_size, "numerics": self.numerics}
         for key in ("n_iter", "n_restarts", "n_queries"):
             if getattr(self, key) is not None:
                 d[key] = getattr(self, key)
@@ -125,8 +131,9 @@ def make_attack_spec(*, norm: str = "Linf", eps: float | str, version: str = "st
                      attacks: Sequence[str] | None = None, seed: int = 0, chunk_size: int = 500,
                      n_iter: int | None = None, n_restarts: int | None = None, n_queries: int | None = None,
                      pgd_steps: int | None = None, pgd_alpha: float | str | None = None,
-                     input_numel: int | None = None) -> AttackSpec:
+                     input_numel: int | None = None, numerics: str = "verify") -> AttackSpec:
     """Validate the options of a robust evaluation; any bad value is a one-line ConfigError."""
+    check_profile(numerics)
     if norm not in NORMS:
         raise ConfigError(f"unknown norm {norm!r}; known: {', '.join(NORMS)}")
     eps = parse_eps(eps)
@@ -149,7 +156,8 @@ def make_attack_spec(*, norm: str = "Linf", eps: float | str, version: str = "st
         alpha = eps / 4 if pgd_alpha is None else parse_eps(pgd_alpha)
         if not 0 < alpha <= 1:
             raise ConfigError(f"PGD step size {alpha:g} out of range (0, 1]")
-        return AttackSpec(norm, eps, "pgd", ("pgd",), int(seed), int(chunk_size), pgd_steps=int(pgd_steps), pgd_alpha=alpha)
+        return AttackSpec(norm, eps, "pgd", ("pgd",), int(seed), int(chunk_size), pgd_steps=int(pgd_steps), pgd_alpha=alpha,
+                          numerics=numerics)
     if pgd_alpha is not None:
         raise ConfigError("--alpha is the step of the quick PGD check; give --pgd STEPS too")
     if version not in VERSIONS:
@@ -168,7 +176,7 @@ def make_attack_spec(*, norm: str = "Linf", eps: float | str, version: str = "st
             raise ConfigError(f"--attacks needs --version custom (version {version} runs {', '.join(VERSION_ATTACKS[version])})")
         chosen = VERSION_ATTACKS[version]
     return AttackSpec(norm, eps, version, chosen, int(seed), int(chunk_size), n_iter=n_iter, n_restarts=n_restarts,
-                      n_queries=n_queries)
+                      n_queries=n_queries, numerics=numerics)
 
 
 def _set_apgd_iters(attack, n_iter: int) -> None:
@@ -214,6 +222,7 @@ class ChunkRecord:
     warnings: list[str] = field(default_factory=list)
     wall_s: float = 0.0
     device: str = ""
+    evidence: list[dict] = field(default_factory=list)  # Encoded.to_json() of every break, in attack order
 
     def complete(self, attacks: Sequence[str]) -> bool:
         return list(self.done) == list(attacks)
@@ -425,18 +434,19 @@ def _load_points(dataset: Dataset, indices: Sequence[int], device: torch.device)
 
 
 def _attack_points(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str, spec: AttackSpec,
-                   seed: int, device: torch.device) -> torch.Tensor:
-    """Robust flags (bool, CPU) of the points (x, y) against one attack with the chunk's seed."""
+                   seed: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(robust flags (bool, CPU), adversarial inputs) of the points (x, y) against one attack with the
+    chunk's seed. Where a flag is False, the adversarial input is what broke the point."""
     if attack == "pgd":
         g = torch.Generator().manual_seed(seed)
         with torch.enable_grad():
             x_adv = pgd(model, x, y, eps=spec.eps, alpha=spec.pgd_alpha, steps=spec.pgd_steps, select="best", generator=g)
         with torch.no_grad():
-            return (model(x_adv).argmax(1) == y).cpu()
+            return (model(x_adv).argmax(1) == y).cpu(), x_adv
     aa = build_autoattack(model, spec, seed, device)
     aa.attacks_to_run = [attack]
-    _, y_adv = aa.run_standard_evaluation(x, y, batch_size=len(x))
-    return (y_adv == y).cpu()
+    x_adv, y_adv = aa.run_standard_evaluation(x, y, batch_size=len(x))
+    return (y_adv == y).cpu(), x_adv
 
 
 def run_chunk(model: nn.Module, dataset: Dataset, chunk_indices: np.ndarray, rec: ChunkRecord, spec: AttackSpec,
@@ -456,10 +466,19 @@ def run_chunk(model: nn.Module, dataset: Dataset, chunk_indices: np.ndarray, rec
         t0 = time.perf_counter()
         sel = torch.nonzero(cur).flatten()
         messages: list[str] = []
+        enc: list[Encoded] = []
         if len(sel):
             # pyautoattack reseeds the global generators; keep the caller's streams untouched.
-            with torch.random.fork_rng(devices=rng_devices), pinned_numerics(), capture_warnings(messages):
-                cur[sel] = _attack_points(model, x[sel], y[sel], attack, spec, rec.seed, device)
+            with torch.random.fork_rng(devices=rng_devices), numerics(spec.numerics, device), capture_warnings(messages):
+                flags, x_adv = _attack_points(model, x[sel], y[sel], attack, spec, rec.seed, device)
+                cur[sel] = flags
+                # Keep what broke each newly broken point (checked within the threat model and
+                # still misclassified after encoding), in the same profile as the attack.
+                broken = torch.nonzero(~flags).flatten()
+                b = sel[broken]
+                enc = encode_breaks(model, x[b], x_adv[broken.to(x_adv.device)], y[b],
+                                    rec.start + live[b.numpy()], attack, spec.norm, spec.eps)
+            rec.evidence.extend(e.to_json() for e in enc)
         rec.robust[live] = cur.numpy()
         rec.done.append(attack)
         rec.after[attack] = int(rec.robust.sum())
@@ -493,6 +512,7 @@ class RobustResult:
     warnings: list[str]
     n_chunks: int
     attack_wall_s: float  # summed over chunks (all ranks)
+    evidence: list[Encoded] = field(default_factory=list)  # one per broken point, by position
 
 
 def robust_evaluation(model: nn.Module, dataset: Dataset, indices: Sequence[int], clean_correct: np.ndarray,
@@ -552,4 +572,9 @@ def robust_evaluation(model: nn.Module, dataset: Dataset, indices: Sequence[int]
     flags = np.concatenate([merged[i].robust for i in range(n_chunks)]) if n_chunks else np.zeros(0, bool)
     after = {a: sum(merged[i].after[a] for i in range(n_chunks)) for a in spec.attacks}
     warns = list(dict.fromkeys(w for i in range(n_chunks) for w in merged[i].warnings))
-    return RobustResult(flags, int(flags.sum()), after, warns, n_chunks, sum(r.wall_s for r in merged.values()))
+    evidence = sorted((Encoded.from_json(e) for i in range(n_chunks) for e in merged[i].evidence), key=lambda e: e.position)
+    broken = np.flatnonzero(clean_correct & ~flags)
+    if [e.position for e in evidence] != broken.tolist():
+        raise EvalStateError(f"the saved chunks hold evidence for {len(evidence)} of {len(broken)} broken points; "
+                             f"delete {state.folder} or pass --fresh")
+    return RobustResult(flags, int(flags.sum()), after, warns, n_chunks, sum(r.wall_s for r in merged.values()), evidence)
