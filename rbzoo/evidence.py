@@ -206,8 +206,8 @@ class Evidence:
             "offsets": np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64),
             "payload": np.frombuffer(b"".join(e.payload for e in items), np.uint8) if items else np.zeros(0, np.uint8),
         }
-        meta = {"rbzoo_evidence": str(FORMAT), "codec": CODEC,
-                **{k: json.dumps(v, sort_keys=True) for k, v in sorted(self.meta.items())}}
+        # One metadata entry: safetensors writes its metadata map in no fixed order.
+        meta = {"rbzoo_evidence": json.dumps({"format": FORMAT, "codec": CODEC, **self.meta}, sort_keys=True)}
         return save(arrays, metadata=meta)
 
 
@@ -226,9 +226,13 @@ def read_evidence(data: bytes, *, n_examples: int, numel: int) -> Evidence:
         header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
     except (SafetensorError, ValueError) as e:
         raise VerificationError(f"evidence: not a valid safetensors file ({e})") from None
-    raw_meta = header.get("__metadata__") or {}
-    if set(arrays) != set(_ARRAYS) or raw_meta.get("rbzoo_evidence") != str(FORMAT):
+    try:
+        meta = json.loads((header.get("__metadata__") or {}).get("rbzoo_evidence", "null"))
+    except (ValueError, TypeError, AttributeError):
+        meta = None
+    if set(arrays) != set(_ARRAYS) or not isinstance(meta, dict) or meta.pop("format", None) != FORMAT:
         raise VerificationError(f"evidence: expected format {FORMAT} with arrays {sorted(_ARRAYS)}")
+    meta.pop("codec", None)
     for name, dtype in _ARRAYS.items():
         if arrays[name].dtype != dtype or arrays[name].ndim != 1:
             raise VerificationError(f"evidence: array {name} must be 1-d {np.dtype(dtype).name}")
@@ -242,10 +246,6 @@ def read_evidence(data: bytes, *, n_examples: int, numel: int) -> Evidence:
     pos = arrays["positions"]
     if k and (pos.min() < 0 or pos.max() >= n_examples or (np.diff(pos) <= 0).any()):
         raise VerificationError("evidence: positions must be increasing and inside the evaluation")
-    try:
-        meta = {key: json.loads(v) for key, v in raw_meta.items() if key not in ("rbzoo_evidence", "codec")}
-    except ValueError:
-        raise VerificationError("evidence: metadata is not JSON") from None
     attacks = meta.get("attacks")
     if not isinstance(attacks, list) or (k and arrays["attack"].max() >= len(attacks)):
         raise VerificationError("evidence: attack indices do not match the metadata's attacks")
@@ -257,3 +257,51 @@ def read_evidence(data: bytes, *, n_examples: int, numel: int) -> Evidence:
 
 def bytes_per_example(evidence: Evidence) -> float:
     return sum(len(e.payload) for e in evidence.items) / max(len(evidence.items), 1)
+
+
+# --- checking stored examples ------------------------------------------------------------------------
+
+
+@dataclass
+class BreakCheck:
+    """What re-checking stored examples against a model and the true test images found."""
+
+    positions: np.ndarray  # evaluated positions checked
+    margins: np.ndarray  # adversarial margin of each decoded example under the checking model
+    ball: np.ndarray  # inside the ε-ball
+    box: np.ndarray  # inside [0, 1]
+    label_ok: np.ndarray  # the stored true label is the data's
+    tau: float
+
+    @property
+    def proved(self) -> np.ndarray:
+        return self.positions[self.ball & self.box & self.label_ok & (self.margins >= self.tau)]
+
+    @property
+    def near_ties(self) -> np.ndarray:
+        """Misclassified by a margin below τ, or classified right by less than τ: not proved, not failed."""
+        return self.positions[self.ball & self.box & self.label_ok & (np.abs(self.margins) < self.tau)]
+
+    @property
+    def invalid(self) -> np.ndarray:
+        """Outside the threat model, a wrong label, or confidently classified right: not a break."""
+        return self.positions[~(self.ball & self.box & self.label_ok) | (self.margins <= -self.tau)]
+
+
+@torch.no_grad()
+def check_breaks(model: nn.Module, clean: torch.Tensor, labels: torch.Tensor, items: list[Encoded], *, norm: str,
+                 eps: float, tau: float, batch_size: int = 256) -> BreakCheck:
+    """Decode every stored example from its clean image (`clean[i]`, true label `labels[i]`, for
+    `items[i]`) and check it: inside the ε-ball of `norm`, inside [0, 1], and misclassified by
+    `model` with an adversarial margin of at least τ (below τ either way: a near-tie)."""
+    k = len(items)
+    margins, ball, box = np.zeros(k, np.float32), np.zeros(k, bool), np.zeros(k, bool)
+    for s in range(0, k, batch_size):
+        part = range(s, min(s + batch_size, k))
+        x = clean[s:part.stop].float()
+        adv = torch.stack([decode_one(x[j - s].cpu(), items[j]) for j in part]).to(x.device)
+        b, bx = within_threat(x, adv, norm, eps)
+        ball[s:part.stop], box[s:part.stop] = b.numpy(), bx.numpy()
+        margins[s:part.stop] = adversarial_margins(model(adv), labels[s:part.stop]).cpu().numpy()
+    label_ok = np.array([int(labels[i]) == items[i].label for i in range(k)], bool)
+    return BreakCheck(np.array([e.position for e in items], np.int64), margins, ball, box, label_ok, float(tau))
