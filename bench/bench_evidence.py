@@ -55,34 +55,36 @@ def digits_model():
     return model.eval(), test, 0.1
 
 
-def cifar_model(n: int):
-    model = rbzoo.create_model("cifar_resnet18", keep=0.05, p=0.1, seed=0).eval().requires_grad_(False)
-    x = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+def cifar_model(n: int, device: str = "cpu"):
+    model = rbzoo.create_model("cifar_resnet18", keep=0.05, p=0.1, seed=0).eval().requires_grad_(False).to(device)
+    x = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device)
     with torch.no_grad():
         y = model(x).argmax(1)
-    return model, TensorDataset(x, y), 8 / 255
+    return model, TensorDataset(x.cpu(), y.cpu()), 8 / 255
 
 
-def run_rbzoo(model, ds, idx, spec, folder: Path):
-    clean = clean_accuracy(model, ds, indices=idx)
+def run_rbzoo(model, ds, idx, spec, folder: Path, device: str = "cpu"):
+    """`rbzoo eval`'s attack path: robust_evaluation under the spec's numerics profile."""
+    clean = clean_accuracy(model, ds, indices=idx, device=device)
     state = EvalState.open(folder, {"bench": str(folder)}, replace="always")
-    return robust_evaluation(model, ds, idx, clean.correct_mask, spec, state), clean
+    return robust_evaluation(model, ds, idx, clean.correct_mask, spec, state, device=device), clean
 
 
-def run_plain(model, ds, idx, spec):
+def run_plain(model, ds, idx, spec, device: str = "cpu"):
+    """Plain pyautoattack per chunk, under PyTorch's default numerics."""
     from pyautoattack import AutoAttack
 
-    x = torch.stack([ds[int(i)][0] for i in idx]).float()
-    y = torch.tensor([int(ds[int(i)][1]) for i in idx])
+    x = torch.stack([ds[int(i)][0] for i in idx]).float().to(device)
+    y = torch.tensor([int(ds[int(i)][1]) for i in idx]).to(device)
     with torch.no_grad():
-        correct = (model(x).argmax(1) == y).numpy()
+        correct = (model(x).argmax(1) == y).cpu().numpy()
     for c in range((len(idx) + spec.chunk_size - 1) // spec.chunk_size):
         pos = np.arange(c * spec.chunk_size, min((c + 1) * spec.chunk_size, len(idx)))
         pos = pos[correct[pos]]
         if not len(pos):
             continue
         aa = AutoAttack(model, version="custom", attacks=list(spec.attacks), eps=spec.eps, seed=chunk_seed(spec.seed, c),
-                        device="cpu")
+                        device=device)
         aa.logger.disabled = True
         for attack in (aa.apgd, aa.apgd_targeted):
             n_iter = spec.n_iter

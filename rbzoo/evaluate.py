@@ -31,21 +31,9 @@ from .errors import ConfigError, DataError
 from .evidence import CODEC as EVIDENCE_CODEC
 from .evidence import FORMAT as EVIDENCE_FORMAT
 from .evidence import Evidence
-from .exact import check_profile, clean_accuracy, indices_digest, pack_flags, wilson_interval
+from .exact import check_profile, clean_accuracy, indices_digest, pack_flags, select_indices, wilson_interval
 from .resolve import Resolver, resolve_checkpoint
 from .robust import make_attack_spec, open_state, process_group, robust_evaluation, shard_from_env
-
-
-def select_indices(total: int, n_examples: int | None = None, mode: str = "first", seed: int = 0) -> np.ndarray:
-    """The evaluated dataset indices, in dataset order: the first N, or a seeded random N."""
-    if mode not in ("first", "random"):
-        raise ConfigError(f"unknown subset mode {mode!r} (first, random)")
-    n = total if n_examples is None else int(n_examples)
-    if not 1 <= n <= total:
-        raise ConfigError(f"--n-examples {n} out of range: the split has {total} examples")
-    if mode == "first":
-        return np.arange(n, dtype=np.int64)
-    return np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False)).astype(np.int64)
 
 
 def package_versions() -> dict[str, str]:

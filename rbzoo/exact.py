@@ -137,6 +137,18 @@ def predictions_digest(predictions: np.ndarray) -> str:
     return hashlib.sha256(np.asarray(predictions, dtype="<i4").tobytes()).hexdigest()
 
 
+def select_indices(total: int, n_examples: int | None = None, mode: str = "first", seed: int = 0) -> np.ndarray:
+    """The evaluated dataset indices, in dataset order: the first N, or a seeded random N."""
+    if mode not in ("first", "random"):
+        raise ConfigError(f"unknown subset mode {mode!r} (first, random)")
+    n = total if n_examples is None else int(n_examples)
+    if not 1 <= n <= total:
+        raise ConfigError(f"--n-examples {n} out of range: the split has {total} examples")
+    if mode == "first":
+        return np.arange(n, dtype=np.int64)
+    return np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False)).astype(np.int64)
+
+
 def indices_digest(indices: np.ndarray) -> str:
     """SHA-256 of the evaluated dataset indices, as little-endian int64."""
     return hashlib.sha256(np.asarray(indices, dtype="<i8").tobytes()).hexdigest()

@@ -166,3 +166,16 @@ def test_l2_autoattack_end_to_end_with_l2_evidence(trained_checkpoint, cifar10_r
     # An L∞ attack of radius 0.5 would move pixels by up to 0.5, far outside the L2 ball; an L2
     # attack spends its budget on few pixels: its L∞ size is well above eps/sqrt(d).
     assert max(linf for _, linf in norms) > eps / np.sqrt(3 * 32 * 32) * 3
+
+
+def test_plot_breaks_shows_stored_examples_with_both_labels(reference, cifar10_root, tmp_path):
+    from rbzoo.cli import main
+
+    out, data = tmp_path / "breaks.png", tmp_path / "breaks.json"
+    assert main(["plot", "breaks", str(reference["out"]), "--data-dir", str(cifar10_root), "--out", str(out),
+                 "--data", str(data)]) == 0
+    d = json.loads(data.read_text())
+    r = reference["results"]
+    assert d["n_breaks"] == r["clean_correct"] - r["robust_correct"] and 0 < len(d["breaks"]) <= 6
+    assert all(b["label"] != b["adv_label"] and b["linf"] <= r["attack"]["eps"] + 1e-6 for b in d["breaks"])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
