@@ -132,6 +132,7 @@ def overhead_part(args) -> None:
                 t0 = time.process_time()
                 fns[name]()
                 times[name].append(time.process_time() - t0)
+                print(f"  rep {r}: {name} {times[name][-1]:.2f} s CPU", flush=True)
     best = {k: min(v) for k, v in times.items()}
     med = {k: float(np.median(v)) for k, v in times.items()}
     ratio = med["rbzoo"] / med["plain"]

@@ -33,7 +33,9 @@ RBZOO_KEYS = ("name", "repo_id", "revision", "checkpoint", "checkpoint_sha256", 
 # when published, the verification certificate (per-sample labels and top-2 margins, docs/numerics.md)
 # with the numerics profile it was made under. Without a certificate a pull can compare counts only.
 EXPECTED_KEYS = ("n_examples", "clean_correct", "predictions_sha256", "data_sha256", "certificate_sha256", "profile")
-CLAIMED_KEYS = ("clean_acc", "robust_acc")
+CLAIMED_KEYS = ("clean_acc", "robust_acc", "robust_correct", "evidence_sha256")
+# `claimed.robust_correct` and `claimed.evidence_sha256` (optional) pin the evidence of a robust claim:
+# the published `evidence.safetensors` holding the adversarial input of every broken sample.
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,95}$")
 REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -273,6 +275,11 @@ def _check_result_fields(f: _Fields, g) -> tuple[float, float | None]:
     if not _close(clean, 100.0 * correct / n):
         f.fail("rbzoo.claimed.clean_acc", f"is {clean} but rbzoo.expected gives {100.0 * correct / n:.4f} "
                                           f"({correct}/{n})")
+    rc = f.integer(claimed.get("robust_correct"), f"{fld}.robust_correct", lo=0, hi=correct, nullable=True)
+    ev = f.string(claimed.get("evidence_sha256"), f"{fld}.evidence_sha256", pattern=HEX64, what="a 64-hex SHA-256",
+                  nullable=True)
+    if (rc is None) != (ev is None) or (rc is not None and (robust is None or not _close(robust, 100.0 * rc / n))):
+        f.fail(f"{fld}.robust_correct", f"must come with evidence_sha256 and agree with robust_acc ({rc}/{n} vs {robust})")
     return clean, robust
 
 

@@ -32,11 +32,14 @@ from .constants import hf_cache_dir, hf_endpoint, hf_offline, hf_token
 from .data import DEFAULT_EPS, get_dataset, get_spec
 from .errors import CheckpointError, ConfigError, DataError, HubError, RbzooError, VerificationError
 from .exact import Certificate, clean_accuracy, compare
+from .evidence import read_evidence
 from .inspect import describe
+from .robust_check import check_consistency
 
 CARD_FILE = "README.md"
 CHECKPOINT_FILE = "model.safetensors"
 RESULTS_FILE = "results.json"
+EVIDENCE_FILE = "evidence.safetensors"  # the adversarial input of every broken sample (rbzoo.evidence)
 
 # `progress(description, total)` returns a callback taking the number of items just done.
 Progress = Callable[[str, int], Callable[[int], None]]
@@ -186,6 +189,31 @@ def _check_results(res, src: str, digest: str, dataset: str | None) -> Certifica
     return cert
 
 
+def _push_evidence(res: dict, res_path: Path | None, cert: Certificate, dataset: str) -> bytes | None:
+    """The evidence file a robust claim stands on, checked (SHA-256, format, counts against the
+    flags); None for results without a robust claim. A robust claim without evidence is refused."""
+    if res.get("robust_acc") is None:
+        return None
+    src = str(res_path)
+    ev = res.get("evidence")
+    if res_path is None or not isinstance(ev, dict) or not isinstance(ev.get("file"), str):
+        raise ConfigError(f"{src}: claims a robust accuracy but names no evidence file (results made before rbzoo kept "
+                          f"the adversarial examples); rerun `rbzoo eval`")
+    path = res_path.parent / Path(ev["file"]).name if not Path(ev["file"]).is_absolute() else Path(ev["file"])
+    if not path.is_file():
+        raise ConfigError(f"{src}: its evidence file {path} is missing")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != ev.get("sha256"):
+        raise ConfigError(f"{path}: SHA-256 differs from the one {src} records")
+    spec = get_spec(dataset)
+    try:
+        evidence = read_evidence(data, n_examples=res["n_examples"], numel=spec.channels * spec.image_size ** 2)
+        check_consistency(res, evidence, cert)
+    except VerificationError as e:
+        raise ConfigError(f"{src}: refusing to publish an inconsistent robust claim: {e}") from None
+    return data
+
+
 def _results_from_clean(clean, cert: Certificate, ck: Checkpoint, sha: str, dataset: str, device: str, wall: float) -> dict:
     import huggingface_hub  # the client is imported where it is needed: pulls from folders never use it
     import torch
@@ -329,11 +357,17 @@ def push(checkpoint: str | Path, repo_id: str | None = None, *, results: str | P
         raise ConfigError(f"{name!r} is not a valid zoo name ([a-z0-9._-], starting with a letter or digit)")
     local_path = default_cards_dir(cards_dir) / f"{name}.md"
     base = load_card(local_path) if local_path.is_file() else None
+    evidence = _push_evidence(res, res_path, cert, dataset)
     rb, rargs, license = _card_block(ck, data, sha, res, cert, name, repo_id, dataset, describe(ckpt)["totals"]["float32_bytes"], base)
+    if evidence is not None:  # the card pins the evidence of its robust claim
+        rb["claimed"].update(robust_correct=res["robust_correct"], evidence_sha256=hashlib.sha256(evidence).hexdigest())
+        res = dict(res, evidence=dict(res["evidence"], file=EVIDENCE_FILE))
     card = build_card(rb, robust_args=rargs, license=license)
     res = dict(res, model={**(res.get("model") or {}), "path": CHECKPOINT_FILE, "file_sha256": sha})
     files = {CHECKPOINT_FILE: data, RESULTS_FILE: (json.dumps(res, indent=2) + "\n").encode(),
              CARD_FILE: card.render().encode("utf-8")}
+    if evidence is not None:
+        files[EVIDENCE_FILE] = evidence
     if to is not None:
         _write_folder(Path(to), files, inputs=(ckpt, res_path), force=force)
         return PushResult(card, repo_id, folder=Path(to), evaluated=evaluated)
@@ -353,8 +387,9 @@ def _write_folder(out: Path, files: dict[str, bytes], *, inputs: tuple, force: b
         raise ConfigError(f"--to {out}: exists and is not a folder")
     for fname in files:
         check_output(out / fname, inputs=inputs, force=force, kind="--to")
-    for fname in (CHECKPOINT_FILE, RESULTS_FILE, CARD_FILE):  # the card last: it marks a complete folder
-        write_bytes(out / fname, files[fname])
+    for fname in (CHECKPOINT_FILE, EVIDENCE_FILE, RESULTS_FILE, CARD_FILE):  # the card last: it marks a complete folder
+        if fname in files:
+            write_bytes(out / fname, files[fname])
 
 
 def _commit(repo_id: str, files: dict[str, bytes], message: str, description: str, *, revision, private: bool,
@@ -387,6 +422,7 @@ class HubFiles:
     commit: str
     server_sha256: str | None  # the checkpoint's LFS SHA-256 as the server states it
     purge: Callable[[], None]
+    evidence: bytes | None = None  # evidence.safetensors, when the card pins one
 
 
 def _purge_cached(path: Path) -> None:
@@ -453,6 +489,7 @@ def fetch_hub(repo: str, rev: str, *, endpoint: str | None = None, token: str | 
         etag = (metadata(fname, commit).etag or "").strip('"').lower()
         server_sha = etag if HEX64.match(etag) else None
     results_path = download(RESULTS_FILE, commit, optional=True)
+    evidence_path = download(EVIDENCE_FILE, commit, optional=True) if card.rb["claimed"].get("evidence_sha256") else None
     path = download(fname, commit)
     results = None
     if results_path is not None:
@@ -460,7 +497,8 @@ def fetch_hub(repo: str, rev: str, *, endpoint: str | None = None, token: str | 
             results = json.loads(results_path.read_text("utf-8"))
         except (OSError, ValueError):
             results = None  # the card pins what matters; a broken results file only loses the certificate
-    return HubFiles(card, path, results, commit, server_sha, lambda: _purge_cached(path))
+    evidence = evidence_path.read_bytes() if evidence_path is not None else None
+    return HubFiles(card, path, results, commit, server_sha, lambda: _purge_cached(path), evidence)
 
 
-__all__ = ["CARD_FILE", "CHECKPOINT_FILE", "RESULTS_FILE", "HubFiles", "PushResult", "fetch_hub", "push"]
+__all__ = ["CARD_FILE", "CHECKPOINT_FILE", "EVIDENCE_FILE", "RESULTS_FILE", "HubFiles", "PushResult", "fetch_hub", "push"]

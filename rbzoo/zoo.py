@@ -31,9 +31,11 @@ from .constants import cards_dir as default_cards_dir
 from .constants import rbzoo_home
 from .convert import convert_official
 from .errors import ConfigError, HubError, RbzooError, VerificationError
-from .exact import TAU, Certificate, Verdict, check_profile, clean_accuracy, compare, compare_count
+from .evidence import read_evidence
+from .exact import TAU, Certificate, Verdict, check_profile, clean_accuracy, compare, compare_count, tau_for
 from .fetch import download
-from .hub import CARD_FILE, RESULTS_FILE, fetch_hub, load_test_split
+from .hub import CARD_FILE, EVIDENCE_FILE, RESULTS_FILE, fetch_hub, load_test_split
+from .robust_check import prove_breaks, spot_check
 from .verified import registry_entries
 from .verified import registry_key as _key
 from .verified import registry_put as _registry_put
@@ -71,6 +73,8 @@ class PullResult:
     notes: list[str] = field(default_factory=list)
     card_block: dict | None = None  # the `expected` block a maintainer would publish (count-only cards)
     written_card: Path | None = None
+    robust: dict | None = None  # --robust: what was proved about the robust claim (RobustVerdict.to_json())
+    robust_message: str = ""  # --robust: one line
 
     @property
     def label(self) -> str:
@@ -90,6 +94,7 @@ class _Fetched:
     purge: Callable[[], None] = lambda: None
     spec: str = ""
     certificate: dict | None = None  # the card's reference certificate, as published
+    evidence: bytes | None = None  # the published evidence file (robust claims), if any
 
 
 # ------------------------------------------------------------------------------------------ 1. resolve
@@ -137,8 +142,9 @@ def _fetch_folder(s: Spec) -> _Fetched:
     if not path.is_file():
         raise HubError(f"{folder}: the card names {card.rb['checkpoint']}, which is missing")
     results = _read_json(folder / RESULTS_FILE, "results") if (folder / RESULTS_FILE).is_file() else None
+    evidence = (folder / EVIDENCE_FILE).read_bytes() if (folder / EVIDENCE_FILE).is_file() else None
     return _Fetched(card, path, results, card.repo_id, None, spec=str(folder),
-                    certificate=_results_certificate(results))
+                    certificate=_results_certificate(results), evidence=evidence)
 
 
 def _fetch_hub(s: Spec, endpoint: str | None, token: str | None) -> _Fetched:
@@ -146,7 +152,7 @@ def _fetch_hub(s: Spec, endpoint: str | None, token: str | None) -> _Fetched:
     repo, rev = (local.repo_id, local.revision or "main") if local else (s.repo_id, s.revision or "main")
     got = fetch_hub(repo, rev, endpoint=endpoint, token=token, local_card=local)
     return _Fetched(got.card, got.path, got.results, repo, got.commit, got.server_sha256, got.purge, spec=s.text,
-                    certificate=_results_certificate(got.results))
+                    certificate=_results_certificate(got.results), evidence=got.evidence)
 
 
 def import_zoo_entry(card: dict, source: str | Path | None, *, cache_dir: str | Path, progress: bool = True,
@@ -313,14 +319,17 @@ def _judge(f: _Fetched, label: str, ck, clean, new: Certificate, strict: bool) -
 
 
 def _verify(f: _Fetched, out: PullResult, ck, *, data_dir, device: str, numerics: str, strict: bool,
-            progress: Progress | None, base: dict) -> PullResult:
+            progress: Progress | None, base: dict, keep: dict | None = None) -> PullResult:
     card, exp, label = f.card, f.card.expected, out.label
     hint = f"rerun `rbzoo pull {f.spec} --data-dir DIR`, or skip the check with --no-verify"
     ds, indices = load_test_split(card.dataset, data_dir, exp["n_examples"], f"verify {card.name}", hint)
     total = len(ds) if indices is None else len(indices)
-    clean = clean_accuracy(build(ck, device), ds, indices=indices, device=device, profile=numerics,
+    model = build(ck, device)
+    clean = clean_accuracy(model, ds, indices=indices, device=device, profile=numerics,
                            progress=progress(f"verifying {card.name}", total) if progress else None)
     new = clean.certificate()
+    if keep is not None:  # what a robust check goes on with
+        keep.update(model=model, dataset=ds, clean=clean, record=None)
     verdict, what = _judge(f, label, ck, clean, new, strict)
     message = f"{verdict.message()} (against {what})"
     record = {**base, "clean_correct": clean.clean_correct, "n_examples": clean.n_examples,
@@ -339,9 +348,61 @@ def _verify(f: _Fetched, out: PullResult, ck, *, data_dir, device: str, numerics
     if exp["data_sha256"] and clean.data_sha256 != exp["data_sha256"]:
         out.notes.append("your copy of the test data has another digest than the card's")
     _registry_put(out_key(out), {**record, "status": "verified"})
+    if keep is not None:
+        keep["record"] = {**record, "status": "verified"}
     out.status, out.verdict, out.message = "verified", verdict.status, message
     out.clean_correct, out.n_examples = clean.clean_correct, clean.n_examples
     return out
+
+
+def _verify_robust(f: _Fetched, out: PullResult, keep: dict, *, device: str, numerics: str, spot, spot_seed: int) -> None:
+    """Check the card's robust claim against the published evidence (and re-attack chunks with `spot`)."""
+    import hashlib
+
+    import numpy as np
+
+    card, label = f.card, out.label
+    claimed = card.rb["claimed"]
+    if claimed["robust_acc"] is None:
+        out.robust_message = "robust: the card claims no robust accuracy; nothing to check"
+        return
+    pin = claimed.get("evidence_sha256")
+    if pin is None:
+        out.robust_message = (f"robust: {claimed['robust_acc']:.2f} % is claimed without evidence (no stored adversarial "
+                              f"examples): not checkable; `rbzoo eval` of this model keeps the evidence of every break")
+        return
+    if f.evidence is None:
+        raise VerificationError(f"{label}: the card pins evidence {pin[:16]}… for its robust claim, but no "
+                                f"{EVIDENCE_FILE} was published")
+    if hashlib.sha256(f.evidence).hexdigest() != pin:
+        raise VerificationError(f"{label}: {EVIDENCE_FILE} does not match the SHA-256 the card pins")
+    res = f.results
+    if not isinstance(res, dict) or (res.get("evidence") or {}).get("sha256") != pin \
+            or res.get("robust_correct") != claimed["robust_correct"] or res.get("n_examples") != card.expected["n_examples"]:
+        raise VerificationError(f"{label}: the published {RESULTS_FILE} does not state the card's robust claim "
+                                f"(robust_correct, evidence or n_examples differ)")
+    cert = _card_reference(f, label)
+    if cert is None:
+        raise VerificationError(f"{label}: a robust claim needs the per-sample certificate the card pins")
+    clean, ds = keep["clean"], keep["dataset"]
+    from .data import get_spec
+
+    spec = get_spec(card.dataset)
+    evidence = read_evidence(f.evidence, n_examples=clean.n_examples, numel=spec.channels * spec.image_size ** 2)
+    attack_profile = (res.get("attack") or {}).get("numerics", "verify")
+    tau = tau_for(numerics, attack_profile)
+    idx = np.arange(clean.n_examples)
+    try:
+        verdict = prove_breaks(keep["model"], ds, idx, res, evidence, cert, clean.labels, clean.correct_mask,
+                               profile=numerics, tau=tau, device=device)
+        if spot is not None:
+            verdict.spot = spot_check(keep["model"], ds, idx, res, evidence, cert, k=None if spot == "all" else int(spot),
+                                      seed=spot_seed, profile=numerics, tau=tau, device=device)
+    except VerificationError as e:
+        _registry_put(out_key(out), {**keep["record"], "robust": {"status": "failed", "message": str(e)}})
+        raise VerificationError(f"{label}: robust claim refused: {e}") from None
+    out.robust, out.robust_message = verdict.to_json(), verdict.message()
+    _registry_put(out_key(out), {**keep["record"], "robust": {"status": "proved", **verdict.to_json()}})
 
 
 def maintainer_block(model_digest: str, clean, cert: Certificate) -> dict:
@@ -374,7 +435,8 @@ def _fetch(s: Spec, *, source, bn_check: bool, endpoint, token) -> _Fetched:
 def pull(spec: str, *, data_dir: str | Path | None = None, verify: bool = True, endpoint: str | None = None,
          token: str | None = None, cards_dir: str | Path | None = None, device: str = "cpu",
          progress: Progress | None = None, source: str | Path | None = None, bn_check: bool = True,
-         numerics: str = "verify", strict: bool = False, write_card: bool = False) -> PullResult:
+         numerics: str = "verify", strict: bool = False, write_card: bool = False, robust: bool = False,
+         spot_check_chunks: int | str | None = None, spot_seed: int | None = None) -> PullResult:
     """Download a zoo model (card name, `org/name[@rev]`, or a `--to` folder) and verify it.
 
     Imported entries (cards without a repo_id) are fetched from the card's `source_url` (or the
@@ -383,7 +445,9 @@ def pull(spec: str, *, data_dir: str | Path | None = None, verify: bool = True, 
     per-sample reference; the count moved by no more than this evaluation's near-ties);
     anything else raises VerificationError. `strict` demands "exact". `numerics` is the profile
     of the re-evaluation. `write_card` writes the card with this machine's reference into the
-    cards folder (count-only entries).
+    cards folder (count-only entries). `robust` also checks the robust claim against its published
+    evidence (:func:`rbzoo.robust_check.prove_breaks`); `spot_check_chunks` (a number or "all")
+    re-attacks that many chunks (:func:`rbzoo.robust_check.spot_check`).
     """
     s = parse_spec(spec, cards_dir)
     if s is None:
@@ -395,6 +459,12 @@ def pull(spec: str, *, data_dir: str | Path | None = None, verify: bool = True, 
     if not bn_check and not imported:
         raise ConfigError("--no-bn-check is only for imported zoo entries that are converted from the authors' file")
     check_profile(numerics)
+    if spot_check_chunks is not None:
+        robust = True
+        if spot_check_chunks != "all" and (not isinstance(spot_check_chunks, int) or spot_check_chunks < 1):
+            raise ConfigError(f"--spot-check takes a number of chunks >= 1 or 'all', got {spot_check_chunks!r}")
+    if robust and not verify:
+        raise ConfigError("--robust checks the robust claim on the verified model; it cannot be combined with --no-verify")
     f = _fetch(s, source=source, bn_check=bn_check, endpoint=endpoint, token=token)
     label = f"{f.repo_id}@{f.commit[:12]}" if f.repo_id and f.commit else (f.repo_id or str(f.spec))
     ck, sha, size = _check_identity(f, label)
@@ -404,7 +474,7 @@ def pull(spec: str, *, data_dir: str | Path | None = None, verify: bool = True, 
     rec = registry_entries().get(out_key(out))
     if rec and rec.get("status") == "verified" and rec.get("expected") == f.card.expected and rec.get(
             "model_digest") == ck.digest and rec.get("profile") == numerics \
-            and not (strict and rec.get("verdict") != "exact") and not write_card:
+            and not (strict and rec.get("verdict") != "exact") and not write_card and not robust:
         out.status, out.verdict, out.message = "cached", rec.get("verdict"), rec.get("message", "")
         out.clean_correct, out.n_examples = rec["clean_correct"], rec["n_examples"]
         return out
@@ -412,8 +482,12 @@ def pull(spec: str, *, data_dir: str | Path | None = None, verify: bool = True, 
         # never overwrite a verified or an unverified mark (another process may have set one meanwhile)
         _registry_put(out_key(out), {**base, "status": "downloaded", "checked_at": _now()}, if_absent=True)
         return out
+    keep: dict = {}
     out = _verify(f, out, ck, data_dir=data_dir, device=device, numerics=numerics, strict=strict,
-                  progress=progress, base=base)
+                  progress=progress, base=base, keep=keep)
+    if robust:
+        _verify_robust(f, out, keep, device=device, numerics=numerics, spot=spot_check_chunks,
+                       spot_seed=spot_seed if spot_seed is not None else int(time.time()))
     if write_card:
         out.written_card = _write_card(s, f, out, cards_dir)
     return out
