@@ -6,7 +6,8 @@ still robust, so its flags depend on nothing but (model, data, chunk, seed): the
 same interrupted or not, on one process or sharded. This is exactly what
 ``pyautoattack.AutoAttack(..., seed=chunk_seed(seed, i)).run_standard_evaluation(x, y,
 batch_size=len(x))`` computes on the chunk's clean-correct points (every attack reseeds the
-global generator with the same seed at the start of each batch).
+global generator with the same seed at the start of each batch); pyautoattack's defense checks run
+once per chunk, before its first attack.
 
 Every point an attack breaks keeps its adversarial input as evidence (:mod:`rbzoo.evidence`:
 quantized, re-checked, compressed), saved with the chunk, so resumed and sharded runs give the same
@@ -433,10 +434,48 @@ def _load_points(dataset: Dataset, indices: Sequence[int], device: torch.device)
     return torch.cat(xs).to(device, torch.float32), torch.cat(ys).to(device, torch.int64)
 
 
+def _autoattack_checks(aa, x: torch.Tensor, y: torch.Tensor) -> None:
+    """pyautoattack's own checks of the defense (randomized, probabilities, dynamic, too few classes),
+    as `run_standard_evaluation` runs them; logged on 'auto-attack'. Once per chunk: they cost
+    several forward passes and do not change any result."""
+    from pyautoattack import checks
+
+    bs = len(x)
+    if aa.version != "rand":
+        checks.check_randomized(aa.get_logits, x, y, bs=bs, logger=aa.logger)
+    n_cls = checks.check_range_output(aa.get_logits, x, logger=aa.logger)
+    checks.check_dynamic(aa.model, x, False, logger=aa.logger)
+    checks.check_n_classes(n_cls, aa.attacks_to_run, aa.apgd_targeted.n_target_classes, aa.fab.n_target_classes,
+                           logger=aa.logger)
+
+
+def _perturb(aa, attack: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One attack of `run_standard_evaluation` on one batch: the same object, settings and seed."""
+    if attack in ("apgd-ce", "apgd-dlr"):
+        aa.apgd.loss = attack[5:]
+        aa.apgd.seed = aa.get_seed()
+        return aa.apgd.perturb(x, y)
+    if attack in ("fab", "fab-t"):
+        aa.fab.targeted = attack == "fab-t"
+        if aa.fab.targeted:
+            aa.fab.n_restarts = 1
+        aa.fab.seed = aa.get_seed()
+        return aa.fab.perturb(x, y)
+    if attack == "square":
+        aa.square.seed = aa.get_seed()
+        return aa.square.perturb(x, y)
+    aa.apgd_targeted.seed = aa.get_seed()
+    return aa.apgd_targeted.perturb(x, y)
+
+
 def _attack_points(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str, spec: AttackSpec,
-                   seed: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+                   seed: int, device: torch.device, checks: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(robust flags (bool, CPU), adversarial inputs) of the points (x, y) against one attack with the
-    chunk's seed. Where a flag is False, the adversarial input is what broke the point."""
+    chunk's seed. Where a flag is False, the adversarial input is what broke the point.
+
+    AutoAttack: what ``run_standard_evaluation(x, y, batch_size=len(x))`` computes for one attack
+    (each attack skips the points it finds misclassified, as the evaluation's own filter would),
+    without its per-call checks (`checks`: run them here) and clean pass."""
     if attack == "pgd":
         g = torch.Generator().manual_seed(seed)
         with torch.enable_grad():
@@ -444,9 +483,13 @@ def _attack_points(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: s
         with torch.no_grad():
             return (model(x_adv).argmax(1) == y).cpu(), x_adv
     aa = build_autoattack(model, spec, seed, device)
-    aa.attacks_to_run = [attack]
-    x_adv, y_adv = aa.run_standard_evaluation(x, y, batch_size=len(x))
-    return (y_adv == y).cpu(), x_adv
+    aa.attacks_to_run = list(spec.attacks)
+    with torch.no_grad():
+        if checks:
+            _autoattack_checks(aa, x, y)
+        adv = _perturb(aa, attack, x, y)
+        robust = aa.get_logits(adv).argmax(1) == y
+    return robust.cpu(), torch.where(robust.view(-1, *[1] * (x.ndim - 1)), x, adv)
 
 
 def run_chunk(model: nn.Module, dataset: Dataset, chunk_indices: np.ndarray, rec: ChunkRecord, spec: AttackSpec,
@@ -470,7 +513,8 @@ def run_chunk(model: nn.Module, dataset: Dataset, chunk_indices: np.ndarray, rec
         if len(sel):
             # pyautoattack reseeds the global generators; keep the caller's streams untouched.
             with torch.random.fork_rng(devices=rng_devices), numerics(spec.numerics, device), capture_warnings(messages):
-                flags, x_adv = _attack_points(model, x[sel], y[sel], attack, spec, rec.seed, device)
+                flags, x_adv = _attack_points(model, x[sel], y[sel], attack, spec, rec.seed, device,
+                                              checks=not rec.done)
                 cur[sel] = flags
                 # Keep what broke each newly broken point (checked within the threat model and
                 # still misclassified after encoding), in the same profile as the attack.
