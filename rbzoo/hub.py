@@ -189,7 +189,7 @@ def _check_results(res, src: str, digest: str, dataset: str | None) -> Certifica
     return cert
 
 
-def _push_evidence(res: dict, res_path: Path | None, cert: Certificate, dataset: str) -> bytes | None:
+def robust_evidence(res: dict, res_path: Path | None, cert: Certificate, dataset: str) -> bytes | None:
     """The evidence file a robust claim stands on, checked (SHA-256, format, counts against the
     flags); None for results without a robust claim. A robust claim without evidence is refused."""
     if res.get("robust_acc") is None:
@@ -357,7 +357,7 @@ def push(checkpoint: str | Path, repo_id: str | None = None, *, results: str | P
         raise ConfigError(f"{name!r} is not a valid zoo name ([a-z0-9._-], starting with a letter or digit)")
     local_path = default_cards_dir(cards_dir) / f"{name}.md"
     base = load_card(local_path) if local_path.is_file() else None
-    evidence = _push_evidence(res, res_path, cert, dataset)
+    evidence = robust_evidence(res, res_path, cert, dataset)
     rb, rargs, license = _card_block(ck, data, sha, res, cert, name, repo_id, dataset, describe(ckpt)["totals"]["float32_bytes"], base)
     if evidence is not None:  # the card pins the evidence of its robust claim
         rb["claimed"].update(robust_correct=res["robust_correct"], evidence_sha256=hashlib.sha256(evidence).hexdigest())

@@ -17,6 +17,7 @@ transport and push) and :mod:`rbzoo.convert` (official file → format-v1 checkp
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -24,23 +25,28 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._io import file_sha256, write_json, write_text
+import numpy as np
+
+from ._io import file_sha256, write_bytes, write_json, write_text
 from .cards import NAME_RE, REPO_RE, Card, build_card, load_card
 from .checkpoint import build, checkpoint_dataset, read
 from .constants import cards_dir as default_cards_dir
 from .constants import rbzoo_home
 from .convert import convert_official
+from .data import get_spec
 from .errors import ConfigError, HubError, RbzooError, VerificationError
 from .evidence import read_evidence
 from .exact import TAU, Certificate, Verdict, check_profile, clean_accuracy, compare, compare_count, tau_for
 from .fetch import download
-from .hub import CARD_FILE, EVIDENCE_FILE, RESULTS_FILE, fetch_hub, load_test_split
+from .hub import CARD_FILE, EVIDENCE_FILE, RESULTS_FILE, fetch_hub, load_test_split, robust_evidence
 from .robust_check import prove_breaks, spot_check
 from .verified import registry_entries
 from .verified import registry_key as _key
 from .verified import registry_put as _registry_put
 
 CERTIFICATE_SUFFIX = ".certificate.json"  # beside a card in the cards folder: <name>.certificate.json
+RESULTS_SUFFIX = ".results.json"  # beside an imported card: the results of its robust claim
+EVIDENCE_SUFFIX = ".evidence.safetensors"  # beside an imported card: that claim's evidence
 
 # `progress(description, total)` returns a callback taking the number of items just done.
 Progress = Callable[[str, int], Callable[[int], None]]
@@ -218,7 +224,12 @@ def _fetch_import(s: Spec, source: str | Path | None, bn_check: bool = True) -> 
     sha, _ = file_sha256(path)
     side = s.card_path.with_name(s.card.name + CERTIFICATE_SUFFIX) if s.card_path else None
     cert = _read_json(side, "certificate") if side is not None and side.is_file() else None
-    return _Fetched(s.card, Path(path), None, None, None, sha, spec=s.text, certificate=cert)
+    results = evidence = None
+    if s.card_path is not None and s.card.rb["claimed"].get("evidence_sha256"):  # a robust claim rbzoo measured
+        res_path, ev_path = (s.card_path.with_name(s.card.name + x) for x in (RESULTS_SUFFIX, EVIDENCE_SUFFIX))
+        results = _read_json(res_path, "results") if res_path.is_file() else None
+        evidence = ev_path.read_bytes() if ev_path.is_file() else None
+    return _Fetched(s.card, Path(path), results, None, None, sha, spec=s.text, certificate=cert, evidence=evidence)
 
 
 # ------------------------------------------------------------------------------------------ 3. verify
@@ -357,10 +368,6 @@ def _verify(f: _Fetched, out: PullResult, ck, *, data_dir, device: str, numerics
 
 def _verify_robust(f: _Fetched, out: PullResult, keep: dict, *, device: str, numerics: str, spot, spot_seed: int) -> None:
     """Check the card's robust claim against the published evidence (and re-attack chunks with `spot`)."""
-    import hashlib
-
-    import numpy as np
-
     card, label = f.card, out.label
     claimed = card.rb["claimed"]
     if claimed["robust_acc"] is None:
@@ -385,8 +392,6 @@ def _verify_robust(f: _Fetched, out: PullResult, keep: dict, *, device: str, num
     if cert is None:
         raise VerificationError(f"{label}: a robust claim needs the per-sample certificate the card pins")
     clean, ds = keep["clean"], keep["dataset"]
-    from .data import get_spec
-
     spec = get_spec(card.dataset)
     evidence = read_evidence(f.evidence, n_examples=clean.n_examples, numel=spec.channels * spec.image_size ** 2)
     attack_profile = (res.get("attack") or {}).get("numerics", "verify")
@@ -436,7 +441,8 @@ def pull(spec: str, *, data_dir: str | Path | None = None, verify: bool = True, 
          token: str | None = None, cards_dir: str | Path | None = None, device: str = "cpu",
          progress: Progress | None = None, source: str | Path | None = None, bn_check: bool = True,
          numerics: str = "verify", strict: bool = False, write_card: bool = False, robust: bool = False,
-         spot_check_chunks: int | str | None = None, spot_seed: int | None = None) -> PullResult:
+         spot_check_chunks: int | str | None = None, spot_seed: int | None = None,
+         robust_results: str | Path | None = None) -> PullResult:
     """Download a zoo model (card name, `org/name[@rev]`, or a `--to` folder) and verify it.
 
     Imported entries (cards without a repo_id) are fetched from the card's `source_url` (or the
@@ -447,7 +453,9 @@ def pull(spec: str, *, data_dir: str | Path | None = None, verify: bool = True, 
     of the re-evaluation. `write_card` writes the card with this machine's reference into the
     cards folder (count-only entries). `robust` also checks the robust claim against its published
     evidence (:func:`rbzoo.robust_check.prove_breaks`); `spot_check_chunks` (a number or "all")
-    re-attacks that many chunks (:func:`rbzoo.robust_check.spot_check`).
+    re-attacks that many chunks (:func:`rbzoo.robust_check.spot_check`). With `write_card`,
+    `robust_results` (an `rbzoo eval` results file of this model, evidence beside it) adds its robust
+    claim to an imported entry's card, proved here first.
     """
     s = parse_spec(spec, cards_dir)
     if s is None:
@@ -463,6 +471,8 @@ def pull(spec: str, *, data_dir: str | Path | None = None, verify: bool = True, 
         robust = True
         if spot_check_chunks != "all" and (not isinstance(spot_check_chunks, int) or spot_check_chunks < 1):
             raise ConfigError(f"--spot-check takes a number of chunks >= 1 or 'all', got {spot_check_chunks!r}")
+    if robust_results is not None and not (write_card and imported):
+        raise ConfigError("--results publishes a robust claim with --write-card, for imported zoo entries")
     if robust and not verify:
         raise ConfigError("--robust checks the robust claim on the verified model; it cannot be combined with --no-verify")
     f = _fetch(s, source=source, bn_check=bn_check, endpoint=endpoint, token=token)
@@ -488,9 +498,46 @@ def pull(spec: str, *, data_dir: str | Path | None = None, verify: bool = True, 
     if robust:
         _verify_robust(f, out, keep, device=device, numerics=numerics, spot=spot_check_chunks,
                        spot_seed=spot_seed if spot_seed is not None else int(time.time()))
-    if write_card:
+    if write_card and robust_results is not None:
+        out.written_card = _write_robust(s, f, out, keep, Path(robust_results), cards_dir, device=device, numerics=numerics)
+    elif write_card:
         out.written_card = _write_card(s, f, out, cards_dir)
     return out
+
+
+def _write_robust(s: Spec, f: _Fetched, out: PullResult, keep: dict, results_path: Path, cards_dir, *,
+                  device: str, numerics: str) -> Path:
+    """An imported entry's card with the robust claim of an `rbzoo eval` of it (and its evidence),
+    proved here first; the results and evidence are written beside the card."""
+    res = _read_json(Path(results_path), "results")
+    clean, ck_digest = keep["clean"], keep["record"]["model_digest"]
+    if not isinstance(res, dict) or res.get("model_digest") != keep["record"]["model_digest"] \
+            or res.get("n_examples") != clean.n_examples or res.get("predictions_sha256") != clean.predictions_sha256:
+        raise ConfigError(f"{results_path}: not an `rbzoo eval` of this model on the card's {clean.n_examples} samples "
+                          f"with the predictions verified here")
+    cert = clean.certificate()
+    data = robust_evidence(res, Path(results_path), cert, f.card.dataset)
+    if data is None:
+        raise ConfigError(f"{results_path}: no robust result to publish (rerun `rbzoo eval` without --clean-only)")
+    sha = hashlib.sha256(data).hexdigest()
+    spec = get_spec(f.card.dataset)
+    evidence = read_evidence(data, n_examples=clean.n_examples, numel=spec.channels * spec.image_size ** 2)
+    prove_breaks(keep["model"], keep["dataset"], np.arange(clean.n_examples), res, evidence, cert, clean.labels,
+                 clean.correct_mask, profile=numerics, tau=tau_for(numerics, res["attack"].get("numerics", "verify")),
+                 device=device)
+    block = out.card_block or maintainer_block(ck_digest, clean, cert)
+    n, rc = res["n_examples"], res["robust_correct"]
+    claimed = dict(f.card.rb["claimed"], robust_acc=round(100.0 * rc / n, 2), robust_correct=rc, evidence_sha256=sha)
+    rb = dict(f.card.rb, model_digest=block["model_digest"], expected=block["expected"], claimed=claimed)
+    rargs = {k: res["attack"][k] for k in ("norm", "eps", "version")}
+    card = build_card(rb, robust_args=rargs, license=f.card.meta.get("license") or "mit")
+    path = s.card_path or default_cards_dir(cards_dir) / f"{f.card.name}.md"
+    write_json(path.with_name(f.card.name + CERTIFICATE_SUFFIX), block["certificate"])
+    write_bytes(path.with_name(f.card.name + EVIDENCE_SUFFIX), data)
+    write_json(path.with_name(f.card.name + RESULTS_SUFFIX),
+               dict(res, evidence=dict(res["evidence"], file=f.card.name + EVIDENCE_SUFFIX)))
+    write_text(path, card.render())
+    return path
 
 
 def _write_card(s: Spec, f: _Fetched, out: PullResult, cards_dir) -> Path:

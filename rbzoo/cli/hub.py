@@ -123,6 +123,8 @@ def pull(
                                          "example is inside the threat model and misclassified (robust accuracy ≤ claim).")] = False,
     spot_check: Annotated[Optional[str], typer.Option("--spot-check", metavar="K|all", help="With --robust: re-attack K "
                           "random chunks (or all) with their recorded seeds and compare the robust flags.")] = None,
+    results: Annotated[Optional[Path], typer.Option("--results", help="With --write-card, imported entries: an `rbzoo "
+                       "eval` results file of this model (evidence beside it) whose robust claim the card then pins.")] = None,
 ) -> None:
     """Download a zoo model and verify it: SHA-256, strict load, clean accuracy sample by sample.
 
@@ -147,7 +149,7 @@ def pull(
         r = zoo.pull(spec, data_dir=data_dir, verify=not no_verify, endpoint=endpoint, token=token, source=source,
                      cards_dir=cards_dir, device=device, progress=bars, bn_check=not no_bn_check, strict=strict,
                      numerics=numerics, write_card=write_card, robust=robust or spot is not None,
-                     spot_check_chunks=spot)
+                     spot_check_chunks=spot, robust_results=results)
     _print_pull(spec, r)
 
 
