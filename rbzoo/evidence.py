@@ -123,17 +123,18 @@ def _inflate(data: bytes, size: int) -> bytes:
 
 @torch.no_grad()
 def encode_breaks(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, positions, attack: str,
-                  norm: str, eps: float) -> list[Encoded]:
+                  norm: str, eps: float, adv_logits: torch.Tensor | None = None) -> list[Encoded]:
     """Encode the broken examples (x_adv, misclassified) of clean images x with labels y.
 
     Run under the attack's numerics profile: the re-checks forward the decoded examples through
-    `model` once per level, on the samples no coarser level kept.
+    `model` once per level, on the samples no coarser level kept. `adv_logits`: the model's logits
+    of `x_adv` if the caller has them (the attack's own check), saving one forward pass.
     """
     x, x_adv = x.detach().float(), x_adv.detach().float()
     k = len(x)
     if k == 0:
         return []
-    exact_margin = adversarial_margins(model(x_adv), y).cpu()
+    exact_margin = adversarial_margins(model(x_adv) if adv_logits is None else adv_logits, y).cpu()
     want = torch.minimum(exact_margin, torch.tensor(KEEP_MARGIN))
     out: list[Encoded | None] = [None] * k
     todo = torch.arange(k)
@@ -153,7 +154,7 @@ def encode_breaks(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: tor
                              _deflate(q[j].cpu().numpy().tobytes()))
         todo = todo[~ok]
     if len(todo):
-        preds = model(x_adv[todo]).argmax(1).cpu()
+        preds = (model(x_adv[todo]) if adv_logits is None else adv_logits[todo.to(adv_logits.device)]).argmax(1).cpu()
         for j, i in enumerate(todo.tolist()):
             raw = x_adv[i].cpu().numpy().astype("<f4").tobytes()
             out[i] = Encoded(int(positions[i]), int(y[i]), int(preds[j]), attack, EXACT, 0.0, _deflate(raw))

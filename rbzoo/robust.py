@@ -469,9 +469,9 @@ def _perturb(aa, attack: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def _attack_points(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str, spec: AttackSpec,
-                   seed: int, device: torch.device, checks: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(robust flags (bool, CPU), adversarial inputs) of the points (x, y) against one attack with the
-    chunk's seed. Where a flag is False, the adversarial input is what broke the point.
+                   seed: int, device: torch.device, checks: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(robust flags (bool, CPU), adversarial inputs, their logits) of the points (x, y) against one
+    attack with the chunk's seed. Where a flag is False, the adversarial input is what broke the point.
 
     AutoAttack: what ``run_standard_evaluation(x, y, batch_size=len(x))`` computes for one attack
     (each attack skips the points it finds misclassified, as the evaluation's own filter would),
@@ -481,15 +481,17 @@ def _attack_points(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: s
         with torch.enable_grad():
             x_adv = pgd(model, x, y, eps=spec.eps, alpha=spec.pgd_alpha, steps=spec.pgd_steps, select="best", generator=g)
         with torch.no_grad():
-            return (model(x_adv).argmax(1) == y).cpu(), x_adv
+            logits = model(x_adv)
+        return (logits.argmax(1) == y).cpu(), x_adv, logits
     aa = build_autoattack(model, spec, seed, device)
     aa.attacks_to_run = list(spec.attacks)
     with torch.no_grad():
         if checks:
             _autoattack_checks(aa, x, y)
         adv = _perturb(aa, attack, x, y)
-        robust = aa.get_logits(adv).argmax(1) == y
-    return robust.cpu(), torch.where(robust.view(-1, *[1] * (x.ndim - 1)), x, adv)
+        logits = aa.get_logits(adv)
+        robust = logits.argmax(1) == y
+    return robust.cpu(), torch.where(robust.view(-1, *[1] * (x.ndim - 1)), x, adv), logits
 
 
 def run_chunk(model: nn.Module, dataset: Dataset, chunk_indices: np.ndarray, rec: ChunkRecord, spec: AttackSpec,
@@ -513,15 +515,16 @@ def run_chunk(model: nn.Module, dataset: Dataset, chunk_indices: np.ndarray, rec
         if len(sel):
             # pyautoattack reseeds the global generators; keep the caller's streams untouched.
             with torch.random.fork_rng(devices=rng_devices), numerics(spec.numerics, device), capture_warnings(messages):
-                flags, x_adv = _attack_points(model, x[sel], y[sel], attack, spec, rec.seed, device,
-                                              checks=not rec.done)
+                flags, x_adv, logits = _attack_points(model, x[sel], y[sel], attack, spec, rec.seed, device,
+                                                      checks=not rec.done)
                 cur[sel] = flags
                 # Keep what broke each newly broken point (checked within the threat model and
                 # still misclassified after encoding), in the same profile as the attack.
                 broken = torch.nonzero(~flags).flatten()
                 b = sel[broken]
-                enc = encode_breaks(model, x[b], x_adv[broken.to(x_adv.device)], y[b],
-                                    rec.start + live[b.numpy()], attack, spec.norm, spec.eps)
+                bd = broken.to(x_adv.device)
+                enc = encode_breaks(model, x[b], x_adv[bd], y[b], rec.start + live[b.numpy()], attack, spec.norm,
+                                    spec.eps, adv_logits=logits[bd])
             rec.evidence.extend(e.to_json() for e in enc)
         rec.robust[live] = cur.numpy()
         rec.done.append(attack)
