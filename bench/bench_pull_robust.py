@@ -1,6 +1,7 @@
 """`rbzoo pull DIR --robust` against a clean `rbzoo pull DIR`: what proving every break costs.
 
-A tiny_resnet is fitted to generated CIFAR-10-format data (tests/datagen.py, the real pickle
+A tiny_resnet is fitted to generated CIFAR-10-format test images (so most are clean-correct and
+many breaks must be proved) (tests/datagen.py, the real pickle
 layout; N test images), evaluated with APGD-CE (few iterations) so that it keeps the evidence of
 every break, and published with `rbzoo push --to`. Then, alternately, a clean pull and a robust
 pull of the folder, each with a fresh registry (so neither is answered from the record), in this
@@ -35,13 +36,13 @@ from rbzoo.evaluate import EvalConfig, run_eval  # noqa: E402
 
 
 def fitted(root: Path, path: Path) -> Path:
-    ds = rbzoo.data.get_dataset("cifar10", "train", root)
+    ds = rbzoo.data.get_dataset("cifar10", "test", root)  # fitted to the test images: most are clean-correct
     x = torch.stack([ds[i][0] for i in range(len(ds))])
     y = torch.tensor([ds[i][1] for i in range(len(ds))])
     torch.manual_seed(0)
     model = rbzoo.create_model("tiny_resnet", keep=0.5, p=1.0, seed=3, score_init_scale=1.0).train()
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    for _ in range(20):
+    for _ in range(40):
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()

@@ -31,7 +31,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's rbzoo, wh
 if (( DRY )); then
     DEV=cpu; ARCH=(--arch tiny_resnet --keep 0.5); N_TRAIN=200; N_TEST=40; BATCH=32; BENCH=(tiny_resnet 2 1)
     SLOW=4  # CPU time limits: bf16 convolutions are slow on CPUs without bf16 units
-    AA=(--n-examples 10 --version custom --attacks apgd-ce --n-iter 5); EVAL_N=10; AAB=(8 3 1)
+    AA=(--n-examples 10 --version custom --attacks apgd-ce --n-iter 5); EVAL_N=10; AAB=(4 2 1)
 else
     if ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
         echo "gpu_check: CUDA is not available here ($("$PY" -c 'import torch; print("torch", torch.__version__)' 2>&1 | tail -1));" \

@@ -467,8 +467,10 @@ def _card_rows(meta: dict, spec: str) -> list[tuple[str, str]]:
                   if m["type"] == "robust_accuracy"), None)
     if claimed.get("robust_acc") is not None and rargs:
         attack = "PGD" if str(rargs["version"]).lower() == "pgd" else f"AutoAttack {rargs['version']}"
+        how = (f"an upper bound `rbzoo pull {spec} --robust` proves from the published adversarial example of every "
+               f"break" if claimed.get("evidence_sha256") else "claimed; attacks are randomized, expect small differences")
         rows.append((f"robust accuracy ({attack}, {rargs['norm']}, ε = {_eps_text(rargs['eps'])})",
-                     f"{claimed['robust_acc']:.2f} % (claimed; attacks are randomized, expect small differences)"))
+                     f"{claimed['robust_acc']:.2f} % ({how})"))
     else:
         rows.append(("robust accuracy", f"not measured yet (`rbzoo eval {spec}` at ε = {_eps_text(rb['eps'])})"))
     if rb["checkpoint_bytes"]:
