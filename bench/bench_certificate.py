@@ -24,7 +24,8 @@ from torch.utils.data import TensorDataset
 
 import rbzoo
 from _common import header, interleaved, median, report, set_clock, set_threads, timed
-from rbzoo.exact import Certificate, clean_accuracy
+from rbzoo.exact import clean_accuracy
+from rbzoo.verdict import Certificate
 
 
 def build(arch: str, n: int) -> tuple[torch.nn.Module, TensorDataset]:
@@ -63,7 +64,7 @@ def main() -> None:
     t = interleaved({"with": lambda: run(True), "without": lambda: run(False)}, reps=args.reps, inner=1, warmup=1)
     report("clean_accuracy, margins=False", t["without"])
     report("clean_accuracy, margins=True", t["with"], t["without"], target=1.02)
-    cert_s = [timed(lambda: Certificate.from_json(json.loads(json.dumps(with_m.certificate().to_json()))))
+    cert_s = [timed(lambda: Certificate.from_json(json.loads(json.dumps(Certificate.of(with_m).to_json()))))
               for _ in range(args.reps)]
     print(f"certificate build + JSON round trip: {median(cert_s) * 1e3:.2f} ms "
           f"({median(cert_s) / median(t['without']):.4f} of the evaluation)")

@@ -37,7 +37,8 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import rbzoo  # noqa: E402
-from rbzoo.exact import TAU, numerics, relative_margins, tf32_emulated  # noqa: E402
+from rbzoo.exact import numerics, relative_margins, tf32_emulated  # noqa: E402
+from rbzoo.verdict import TAU  # noqa: E402
 
 SAFETY = 4
 

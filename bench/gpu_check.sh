@@ -7,7 +7,7 @@
 #   3. train        `rbzoo train` 1 epoch on it with --device cuda --bf16 --channels-last
 #   4. eval_aa      `rbzoo eval` with AutoAttack (standard) on a small subset, on the GPU
 #   5. cross        the GPU result re-checked on CPU with the verification certificate
-#                   (rbzoo.exact: verify/fast(TF32)/bf16 profiles on the GPU vs verify on the CPU;
+#                   (rbzoo.verdict: verify/fast(TF32)/bf16 profiles on the GPU vs verify on the CPU;
 #                   each must be exact or within its near-tie tolerance), and eval_aa's labels vs CPU
 #   6. torchrun     a 1-process `torchrun ... -m rbzoo train` (NCCL process group)
 #   7. aa_bench     AutoAttack (APGD-CE + APGD-T) on a cifar_resnet18: plain pyautoattack (PyTorch's
@@ -129,7 +129,8 @@ import numpy as np
 import torch
 import rbzoo
 from rbzoo.data import get_dataset
-from rbzoo.exact import certify, compare, numerics, ordered_batches, tau_for
+from rbzoo.exact import numerics, ordered_batches
+from rbzoo.verdict import certify, compare
 
 ckpt, data_dir, dev, eval_json, result = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
 ds = get_dataset("cifar10", "test", data_dir)
@@ -145,7 +146,7 @@ ref = certify(logits(model, "cpu", "verify"), profile="verify")
 parts, ok = [], True
 for profile in ("verify", "fast", "bf16"):
     cert = certify(logits(model, dev, profile), profile=profile)
-    v = compare(ref, cert, tau=tau_for("verify", profile))
+    v = compare(ref, cert)  # near-ties of the GPU evaluation, τ the larger of the two profiles'
     ok &= v.ok
     parts.append(f"{profile}: {v.status}")
     print(f"{dev} {profile} vs cpu verify: {v.message()}")

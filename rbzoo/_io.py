@@ -94,6 +94,15 @@ def file_sha256(path: str | os.PathLike, algorithm: str = "sha256") -> tuple[str
     return h.hexdigest(), n
 
 
+def read_json(path: str | os.PathLike, what: str, error: type[Exception]):
+    """The JSON value in `path`; an unreadable file or invalid JSON raises `error` with one line naming
+    the file and `what` it should hold."""
+    try:
+        return json.loads(Path(path).read_text("utf-8"))
+    except (OSError, ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+        raise error(f"{path}: not a readable {what} ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})") from None
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

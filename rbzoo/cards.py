@@ -20,6 +20,7 @@ import yaml
 
 from .constants import NUMERICS_PROFILES
 from .errors import HubError, RbzooError
+from .labels import attack_label, eps_label
 
 TAGS = ["rbzoo", "adversarial-robustness", "binary-neural-networks", "pruning", "autoattack"]
 OBJECTIVES = ("pgd", "fast", "trades", "fgsm_rs")
@@ -435,11 +436,6 @@ def build_card(rb: dict, *, robust_args: dict | None = None, license: str = "mit
     return Card(meta, card_body(meta))
 
 
-def _eps_text(eps: float) -> str:
-    k = eps * 255
-    return f"{round(k)}/255" if abs(k - round(k)) < 1e-4 and round(k) > 0 else f"{eps:g}"
-
-
 def _pull_spec(rb: dict) -> tuple[str, str]:
     """What a card's reader passes to `rbzoo pull`, and a note on it: the pinned Hub repo; else the
     zoo name of an entry that ships with rbzoo (imported from its source); else the folder itself."""
@@ -466,13 +462,12 @@ def _card_rows(meta: dict, spec: str) -> list[tuple[str, str]]:
     rargs = next((m.get("args") for m in meta["model-index"][0]["results"][0]["metrics"]
                   if m["type"] == "robust_accuracy"), None)
     if claimed.get("robust_acc") is not None and rargs:
-        attack = "PGD" if str(rargs["version"]).lower() == "pgd" else f"AutoAttack {rargs['version']}"
         how = (f"an upper bound `rbzoo pull {spec} --robust` proves from the published adversarial example of every "
                f"break" if claimed.get("evidence_sha256") else "claimed; attacks are randomized, expect small differences")
-        rows.append((f"robust accuracy ({attack}, {rargs['norm']}, ε = {_eps_text(rargs['eps'])})",
+        rows.append((f"robust accuracy ({attack_label(rargs)}, {rargs['norm']}, ε = {eps_label(rargs['eps'])})",
                      f"{claimed['robust_acc']:.2f} % ({how})"))
     else:
-        rows.append(("robust accuracy", f"not measured yet (`rbzoo eval {spec}` at ε = {_eps_text(rb['eps'])})"))
+        rows.append(("robust accuracy", f"not measured yet (`rbzoo eval {spec}` at ε = {eps_label(rb['eps'])})"))
     if rb["checkpoint_bytes"]:
         ratio = rb["float32_bytes"] / rb["checkpoint_bytes"]
         rows.append(("checkpoint", f"`{rb['checkpoint']}`, {rb['checkpoint_bytes']:,} bytes, SHA-256 "
@@ -480,10 +475,23 @@ def _card_rows(meta: dict, spec: str) -> list[tuple[str, str]]:
         rows.append(("same network as float32 weights", f"{rb['float32_bytes']:,} bytes ({ratio:,.0f}× larger)"))
     else:
         rows.append(("same network as float32 weights", f"{rb['float32_bytes']:,} bytes"))
+    rows.append(("pinned by", pinned_by(rb)))
     if rb["source_url"]:
         rows.append(("converted from", f"<{rb['source_url']}>"
                      + (f" (SHA-256 `{rb['source_sha256']}`)" if rb["source_sha256"] else "")))
     return rows
+
+
+def pinned_by(rb: dict) -> str:
+    """What this card pins, in words (a pull checks each)."""
+    pins = [what for what, v in (("checkpoint SHA-256", rb["checkpoint_sha256"]), ("model digest", rb["model_digest"]),
+                                 ("official file SHA-256", rb["source_sha256"]),
+                                 ("per-sample certificate", rb["expected"]["certificate_sha256"])) if v]
+    if rb["checkpoint_sha256"] or rb["model_digest"] or rb["source_sha256"]:
+        return ", ".join(pins)
+    return ("no file hash: the first download of the official file is recorded (URL and SHA-256, trust on "
+            "first use) and later pulls must match it; a pull from `--source FILE` says *unpinned source*"
+            + (f"; {', '.join(pins)}" if pins else ""))
 
 
 def card_body(meta: dict) -> str:
@@ -522,10 +530,11 @@ from rbzoo.zoo import pull
 model = rbzoo.load(pull("{spec}", verify=False).path)  # eval-mode network, folded ±1 weights
 ```
 
-`rbzoo pull` fails (exit 3) if the file's SHA-256 or model digest differs from this card, or if the
-re-evaluated predictions differ from `rbzoo.expected` beyond numerical near-ties (it names the
-samples). It says whether the check was *exact*, *within numerical tolerance* or, for a card
-without a per-sample certificate, *count only*.
+`rbzoo pull` fails (exit 3) if the file's SHA-256 or model digest differs from this card, if the
+file fails its own checks, if a number this card states does not follow from its certificate and
+results, or if the re-evaluated predictions differ from `rbzoo.expected` beyond the near-ties of the
+re-evaluation (it names the field or the samples). It says whether the check was *exact*, *within
+numerical tolerance* or, for a card without a per-sample certificate, *count only*.
 
 ## Citation
 

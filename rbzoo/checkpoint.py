@@ -24,6 +24,7 @@ from safetensors.torch import save as st_save
 from . import __version__
 from ._io import canonical_json, write_bytes
 from .codec import decode_mask, encode_mask, entropy_bound_bits, pack_bits
+from .constants import MAX_CLASSES
 from .errors import CheckpointError, CodecError
 from .layers import SubnetConv2d
 from .models._registry import ARCH_KEYS, ARCHITECTURES, create_model_from_arch, fold, prunable_layers
@@ -219,7 +220,6 @@ class Checkpoint:
 # Bounds on what a file may declare, checked before anything is allocated (a hostile 200-byte file
 # must not make the reader build a 200 GB network). The largest zoo model (ImageNet ResNet50) has
 # 23.5 M prunable weights; the limits leave room for research variants, nothing more.
-MAX_CLASSES = 100_000
 MAX_IN_CHANNELS = 64
 MAX_WIDTH = 1024
 MAX_PRUNABLE = 1 << 27  # 134 M weights

@@ -24,6 +24,10 @@ NORMALIZATION = {
     "imagenet100": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
 
+# The most classes a model may have: the checkpoint reader's bound (checked before a network is
+# built) and the certificate's, so every model that loads can be certified (labels pack in 17 bits).
+MAX_CLASSES = 100_000
+
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _TRUE = ("1", "true", "yes", "on")
 

@@ -317,6 +317,10 @@ def bn_check(masks: dict[str, torch.Tensor], state: dict[str, torch.Tensor], pro
 
 # ------------------------------------------------------------------------------------- conversion
 
+# Bumped whenever the same official file and options would convert to another checkpoint: part of
+# the key of `rbzoo pull`'s import cache, so an older conversion is never reused.
+CONVERTER_VERSION = 1
+
 def _resolve(arch: str, num_classes: int | None, dataset: str | None, official_arch) -> tuple[str, int]:
     if arch not in NET_SPECS:
         raise ConfigError(f"--arch {arch!r}: convert knows {', '.join(sorted(NET_SPECS))}")

@@ -1,7 +1,7 @@
 """`rbzoo eval`: clean accuracy, then AutoAttack (or PGD) on the points still correct.
 
 Exact clean accuracy itself (numerics profiles, ordered batches, data and prediction digests,
-margins and the verification certificate) lives in :mod:`rbzoo.exact`.
+margins) lives in :mod:`rbzoo.exact`; the verification certificate in :mod:`rbzoo.verdict`.
 
 :func:`run_eval` is what `rbzoo eval` runs: resolve and verify the checkpoint, check every option,
 measure clean accuracy, then attack the points still correct with AutoAttack or PGD
@@ -34,6 +34,7 @@ from .evidence import Evidence
 from .exact import check_profile, clean_accuracy, indices_digest, pack_flags, select_indices, wilson_interval
 from .resolve import Resolver, resolve_checkpoint
 from .robust import make_attack_spec, open_state, process_group, robust_evaluation, shard_from_env
+from .verdict import Certificate
 
 
 def package_versions() -> dict[str, str]:
@@ -225,7 +226,7 @@ def _results(config: EvalConfig, ckpt, path: Path, name: str, split_size: int, i
         "data_sha256": clean.data_sha256,
         # Per-sample labels and top-2 margins: what lets another machine verify these predictions
         # within numerical tolerance (docs/numerics.md), not only bit for bit.
-        "certificate": clean.certificate().to_json(),
+        "certificate": Certificate.of(clean).to_json(),
         "robust_correct": robust.robust_correct if robust else None,
         "robust_acc": robust.robust_correct / n if robust else None,
         "attack": attack.as_dict() if attack else None,

@@ -1,10 +1,9 @@
 """Exact evaluation, the leaf both clean and robust evaluation stand on.
 
 Numerics profiles (how the arithmetic is done), batches in a fixed order, digests of data and
-predictions, bit packing of per-sample flags and labels, exact clean accuracy, and the
-*verification certificate*: per sample the predicted label and the relative top-2 margin, so that
-a re-evaluation on another machine can tell a real change of the model (a confident sample flips)
-from rounding (only near-ties flip). docs/numerics.md gives the measurements behind τ.
+predictions, bit packing of per-sample flags and labels, exact clean accuracy with each sample's
+relative top-2 margin. What a margin may excuse (τ, the certificate, verdicts) is decided in
+:mod:`rbzoo.verdict`; docs/numerics.md gives the measurements.
 
 This module imports nothing from rbzoo above `_io`, `errors` and `distributed`.
 """
@@ -24,10 +23,9 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ._io import canonical_json
 from .codec import pack_bits
 from .constants import NUMERICS_PROFILES
-from .errors import ConfigError, VerificationError
+from .errors import ConfigError
 
 # --- numerics profiles ---------------------------------------------------------------------------
 
@@ -41,21 +39,10 @@ PROFILE_DESCRIPTIONS = {
 PROFILES = NUMERICS_PROFILES  # named in constants so cards and the CLI need no torch
 DEFAULT_PROFILE = "verify"
 
-# Near-tie tolerance τ per profile: a sample may change its label between two evaluations only if
-# its relative top-2 margin is below τ. τ = the largest margin deviation measured for the profile
-# (bench/bench_numerics.py) × a safety factor of at least 4, rounded up; docs/numerics.md.
-TAU = {"verify": 1e-4, "fast": 2e-2, "bf16": 0.25}
-
-
 def check_profile(profile: str) -> str:
     if profile not in PROFILE_DESCRIPTIONS:
         raise ConfigError(f"unknown numerics profile {profile!r} ({', '.join(PROFILES)})")
     return profile
-
-
-def tau_for(*profiles: str) -> float:
-    """τ for comparing evaluations made under `profiles`: the largest of theirs."""
-    return max(TAU[check_profile(p)] for p in profiles)
 
 
 def _backend_flags() -> tuple:
@@ -295,13 +282,6 @@ class CleanResult:
     def correct_mask(self) -> np.ndarray:
         return self.predictions == self.labels
 
-    def certificate(self, tau: float | None = None) -> Certificate:
-        """The verification certificate of these predictions (τ: the profile's by default)."""
-        if self.margins is None or self.num_classes is None:
-            raise ConfigError("this result recorded no margins (clean_accuracy(..., margins=False))")
-        return Certificate(self.n_examples, self.num_classes, self.predictions, self.margins,
-                           TAU[self.profile] if tau is None else tau, self.profile)
-
 
 @torch.no_grad()
 def clean_accuracy(model: nn.Module, dataset: Dataset, *, indices: Sequence[int] | None = None,
@@ -334,233 +314,3 @@ def clean_accuracy(model: nn.Module, dataset: Dataset, *, indices: Sequence[int]
         m = torch.cat(margin_parts).numpy() if margin_parts else np.zeros(0, np.float32)
     return CleanResult(len(t), int((p == t).sum()), p, t, predictions_digest(p), digest.hexdigest(),
                        numerics=PROFILE_DESCRIPTIONS[profile], margins=m, num_classes=classes, profile=profile)
-
-
-# --- the verification certificate ------------------------------------------------------------------
-
-CERTIFICATE_VERSION = 1
-MAX_CERT_SAMPLES = 2_000_000  # above any test split (ImageNet's validation set: 50,000)
-MAX_CLASSES = 1 << 16
-_CERT_KEYS = {"rbzoo_certificate", "n", "num_classes", "profile", "tau", "label_bits", "labels", "labels_sha256",
-              "margins", "margins_dtype", "near_ties"}
-
-
-def _bad(what: str) -> VerificationError:
-    return VerificationError(f"certificate: {what}")
-
-
-def _quantize(margins: np.ndarray) -> np.ndarray:
-    """Margins as stored (float16, values in [0, 2]) so that JSON round trips lose nothing."""
-    return np.asarray(margins, dtype=np.float32).astype("<f2").astype(np.float32)
-
-
-@dataclass(frozen=True, eq=False)
-class Certificate:
-    """What a reference evaluation promises, per sample: the predicted label and the relative top-2
-    margin (:func:`relative_margins`, stored as float16). Samples with margin < τ are near-ties."""
-
-    n: int
-    num_classes: int
-    labels: np.ndarray  # int64 [n]
-    margins: np.ndarray  # float32 [n], float16-exact
-    tau: float
-    profile: str
-
-    def __post_init__(self) -> None:
-        labels = np.asarray(self.labels).reshape(-1).astype(np.int64)
-        margins = _quantize(np.asarray(self.margins).reshape(-1))
-        if len(labels) != self.n or len(margins) != self.n:
-            raise _bad(f"{len(labels)} labels and {len(margins)} margins for n = {self.n}")
-        if not 2 <= self.num_classes <= MAX_CLASSES:
-            raise _bad(f"num_classes {self.num_classes} out of range 2..{MAX_CLASSES}")
-        if self.n and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise _bad(f"a label is outside 0..{self.num_classes - 1}")
-        if not (np.isfinite(margins).all() and (margins >= 0).all() and (margins <= 2).all()):
-            raise _bad("margins must be finite and in [0, 2]")
-        if not (isinstance(self.tau, (int, float)) and math.isfinite(self.tau) and 0 <= self.tau <= 1):
-            raise _bad(f"tau must be a number in [0, 1], got {self.tau!r}")
-        check_profile(self.profile)
-        object.__setattr__(self, "labels", labels)
-        object.__setattr__(self, "margins", margins)
-        object.__setattr__(self, "tau", float(self.tau))
-
-    def near_ties(self, tau: float | None = None) -> np.ndarray:
-        """Indices of the samples whose margin is below τ (this certificate's by default)."""
-        return np.flatnonzero(self.margins < (self.tau if tau is None else tau))
-
-    @property
-    def digest(self) -> str:
-        """SHA-256 of the canonical JSON of :meth:`to_json` (sorted keys, no spaces): what a card pins
-        as `expected.certificate_sha256`. Independent of how the JSON was spelled when read."""
-        return hashlib.sha256(canonical_json(self.to_json()).encode("ascii")).hexdigest()
-
-    @property
-    def labels_sha256(self) -> str:
-        """Equal to the results' `predictions_sha256` of the same labels."""
-        return predictions_digest(self.labels)
-
-    def to_json(self) -> dict:
-        bits = label_bits(self.num_classes)
-        return {"rbzoo_certificate": CERTIFICATE_VERSION, "n": self.n, "num_classes": self.num_classes,
-                "profile": self.profile, "tau": self.tau, "label_bits": bits,
-                "labels": base64.b64encode(pack_uint(self.labels, bits)).decode("ascii"),
-                "labels_sha256": self.labels_sha256,
-                "margins": base64.b64encode(self.margins.astype("<f2").tobytes()).decode("ascii"),
-                "margins_dtype": "float16",
-                # Redundant with margins and τ, stated so a reader sees which samples may differ.
-                "near_ties": [int(i) for i in self.near_ties()]}
-
-    @classmethod
-    def from_json(cls, d: object, *, max_n: int = MAX_CERT_SAMPLES) -> Certificate:
-        """Validate every field of an untrusted certificate, bounding sizes before decoding."""
-        if not isinstance(d, dict):
-            raise _bad(f"expected a JSON object, got {type(d).__name__}")
-        if set(d) != _CERT_KEYS:
-            extra, missing = sorted(set(d) - _CERT_KEYS), sorted(_CERT_KEYS - set(d))
-            raise _bad(f"unexpected fields {extra}" if extra else f"missing fields {missing}")
-        if _int(d, "rbzoo_certificate", 0, 1 << 31) != CERTIFICATE_VERSION:
-            raise _bad(f"version {d['rbzoo_certificate']} is not supported (this rbzoo reads {CERTIFICATE_VERSION})")
-        n, classes = _int(d, "n", 0, max_n), _int(d, "num_classes", 2, MAX_CLASSES)
-        bits = label_bits(classes)
-        if _int(d, "label_bits", 1, 32) != bits:
-            raise _bad(f"label_bits must be {bits} for {classes} classes")
-        if d["margins_dtype"] != "float16":
-            raise _bad("margins_dtype must be 'float16'")
-        if not isinstance(d["profile"], str) or d["profile"] not in PROFILE_DESCRIPTIONS:
-            raise _bad(f"unknown profile {str(d['profile'])[:40]!r}")
-        if isinstance(d["tau"], bool) or not isinstance(d["tau"], (int, float)):
-            raise _bad("tau must be a number")
-        try:
-            labels = unpack_uint(_b64(d, "labels", (n * bits + 7) // 8), n, bits)
-        except ValueError as e:
-            raise _bad(f"labels: {e}") from None
-        if labels.size and labels.max() >= classes:
-            raise _bad(f"a label is outside 0..{classes - 1}")
-        if predictions_digest(labels) != d["labels_sha256"]:
-            raise _bad("labels do not match labels_sha256")
-        margins = np.frombuffer(_b64(d, "margins", 2 * n), dtype="<f2").astype(np.float32)
-        cert = cls(n, classes, labels, margins, d["tau"], d["profile"])
-        near = d["near_ties"]
-        if not isinstance(near, list) or len(near) > n or near != cert.near_ties().tolist():
-            raise _bad("near_ties must list exactly the samples whose margin is below tau")
-        return cert
-
-
-def _int(d: dict, key: str, lo: int, hi: int) -> int:
-    v = d[key]
-    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        raise _bad(f"{key} must be an integer in {lo}..{hi}")
-    return v
-
-
-def _b64(d: dict, key: str, nbytes: int) -> bytes:
-    """Decode base64 field `key` that must hold exactly `nbytes` bytes; the text length is checked
-    first, so a hostile field cannot make us allocate more than the header promised."""
-    text = d[key]
-    if not isinstance(text, str) or len(text) != 4 * ((nbytes + 2) // 3):
-        raise _bad(f"{key} must be base64 of {nbytes} bytes")
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except ValueError:
-        raise _bad(f"{key} is not valid base64") from None
-    if len(raw) != nbytes:
-        raise _bad(f"{key} must be base64 of {nbytes} bytes")
-    return raw
-
-
-def certify(logits: torch.Tensor | np.ndarray, *, profile: str = DEFAULT_PROFILE, tau: float | None = None) -> Certificate:
-    """The certificate of a batch of logits [N, classes] computed under `profile`."""
-    z = torch.as_tensor(logits)
-    margins = relative_margins(z)
-    labels = z.argmax(1).cpu().numpy()
-    return Certificate(len(labels), z.shape[1], labels, margins.cpu().numpy(), TAU[check_profile(profile)]
-                       if tau is None else tau, profile)
-
-
-# --- verdicts -----------------------------------------------------------------------------------------
-
-MAX_NAMED = 10  # sample indices a message names
-STATUSES = ("exact", "tolerance", "count only", "failed")
-
-
-def _named(idx: np.ndarray) -> str:
-    return ", ".join(str(int(i)) for i in idx[:MAX_NAMED]) + (", …" if len(idx) > MAX_NAMED else "")
-
-
-@dataclass(frozen=True, eq=False)
-class Verdict:
-    """The outcome of checking an evaluation against a reference.
-
-    exact: every label equals the reference; tolerance: only near-ties differ; count only: the
-    reference has no per-sample labels and the correct count moved by no more than this
-    evaluation's near-ties allow; failed: anything else."""
-
-    status: str
-    n: int
-    tau: float
-    differing: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    near_tie_differing: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    outside: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    counts: tuple[int, int, int] | None = None  # count only: (expected, got, near-ties allowed)
-
-    @property
-    def ok(self) -> bool:
-        return self.status != "failed"
-
-    def message(self) -> str:
-        """One line saying which of the outcomes this is, and the samples or counts behind it."""
-        if self.counts is not None:
-            exp, got, allowed = self.counts
-            head = "count only" if self.ok else "failed (count only)"
-            of = f"/{self.n}" if self.n >= 0 else ""
-            return (f"{head}: {got}{of} correct, the reference says {exp}{of} (difference {got - exp:+d}; "
-                    f"{allowed} near-ties in this evaluation allow ±{allowed}); no per-sample reference")
-        if self.status == "exact":
-            return f"exact: all {self.n} predicted labels equal the reference"
-        k = len(self.differing)
-        if self.status == "tolerance":
-            return (f"verified within numerical tolerance: {k} of {self.n} samples differ, all near-ties "
-                    f"(relative top-2 margin < {self.tau:.0e}): indices {_named(self.differing)}")
-        return (f"failed: {len(self.outside)} of {self.n} samples differ outside the near-ties (margin ≥ {self.tau:.0e}): "
-                f"indices {_named(self.outside)}; {k} differ in all")
-
-
-def compare(reference: Certificate, labels, margins=None, *, tau: float | None = None,
-            profile: str | None = None) -> Verdict:
-    """Check new labels (and, if known, their margins) against a reference certificate.
-
-    A sample may differ iff its reference margin or its new margin is below τ. τ defaults to the
-    larger of the reference's and that of `profile` (the new evaluation's). `labels` may also be
-    the new evaluation's Certificate (its margins and profile are then used)."""
-    if isinstance(labels, Certificate):
-        labels, margins, profile = labels.labels, labels.margins, labels.profile if profile is None else profile
-    labels = np.asarray(labels).reshape(-1)
-    if len(labels) != reference.n:
-        raise VerificationError(f"the reference certifies {reference.n} samples, this evaluation has {len(labels)}")
-    if tau is None:
-        tau = reference.tau if profile is None else max(reference.tau, TAU[check_profile(profile)])
-    near = reference.margins < tau
-    if margins is not None:
-        margins = np.asarray(margins, dtype=np.float32).reshape(-1)
-        if len(margins) != reference.n:
-            raise VerificationError(f"{len(margins)} margins for {reference.n} samples")
-        near |= np.nan_to_num(margins, nan=2.0) < tau
-    diff = np.flatnonzero(labels != reference.labels)
-    inside, outside = diff[near[diff]], diff[~near[diff]]
-    status = "exact" if not len(diff) else "tolerance" if not len(outside) else "failed"
-    return Verdict(status, reference.n, float(tau), diff, inside, outside)
-
-
-def compare_count(expected_correct: int, got_correct: int, near_ties, *, n: int | None = None,
-                  tau: float | None = None) -> Verdict:
-    """A reference that gives a correct count only (e.g. a paper's table): accept iff the count
-    moved by no more than the number of near-ties of this evaluation. `near_ties` is this
-    evaluation's Certificate (its near-ties below `tau`, default its own τ), their indices, or their
-    number. Never "exact": there is nothing per sample to compare."""
-    if isinstance(near_ties, Certificate):
-        tau = near_ties.tau if tau is None else tau
-        n, near_ties = near_ties.n, near_ties.near_ties(tau)
-    allowed = int(near_ties) if np.ndim(near_ties) == 0 else len(near_ties)
-    status = "count only" if abs(int(got_correct) - int(expected_correct)) <= allowed else "failed"
-    return Verdict(status, -1 if n is None else n, float("nan") if tau is None else float(tau),
-                   counts=(int(expected_correct), int(got_correct), allowed))

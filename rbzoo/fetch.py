@@ -10,7 +10,6 @@ error naming both hashes, and the earlier file is kept.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 import requests
 
 from ._io import file_sha256 as sha256_file  # (hex digest, size); part of this module's API
-from ._io import write_json
+from ._io import read_json, write_json
 from .constants import hf_offline
 from .errors import HubError, VerificationError
 from .registry import Registry
@@ -46,16 +45,6 @@ class _Interrupted(Exception):
     """The transfer stopped early; what arrived is in the .part file."""
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text("utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as e:
-        raise HubError(f"{path}: unreadable resume record ({e}); delete it to start the download afresh") from None
-    return data if isinstance(data, dict) else {}
-
-
 @contextmanager
 def _bar(label: str, enabled: bool):
     """A rich progress bar, silent when disabled or when stdout is not a terminal."""
@@ -76,7 +65,8 @@ def _content_range(value: str | None) -> tuple[int, int | None] | None:
 def _transfer(session: requests.Session, url: str, part: Path, side: Path, timeout, bar) -> bool:
     """One HTTP request appending to (or restarting) `part`; True if it resumed earlier bytes."""
     have = part.stat().st_size if part.exists() else 0
-    validator = _read_json(side).get("validator") if have else None
+    record = read_json(side, "resume record; delete it to start the download afresh", HubError) if have and side.exists() else {}
+    validator = record.get("validator") if isinstance(record, dict) else None
     headers = {"Accept-Encoding": "identity"}  # byte offsets must refer to the file itself
     if have:
         headers["Range"] = f"bytes={have}-"

@@ -23,6 +23,7 @@ from ._io import file_sha256
 from .cards import split_front_matter
 from .checkpoint import Checkpoint, LayerRecord, read
 from .errors import CheckpointError, ConfigError, DataError
+from .labels import attack_label, eps_label
 from .layers import kept_count
 from .pruning import allocate_keep
 
@@ -401,29 +402,6 @@ def read_results(path: str | os.PathLike) -> dict:
     if obj.get("rbzoo_results") != 1:
         raise DataError(f"{path}: not an rbzoo results file (no \"rbzoo_results\": 1)")
     return obj
-
-
-def eps_label(eps: float | None) -> str:
-    """0.0313725… → "8/255"; other values as decimals."""
-    if eps is None:
-        return "?"
-    k = eps * 255
-    return f"{round(k)}/255" if abs(k - round(k)) < 1e-4 and round(k) > 0 else f"{eps:g}"
-
-
-def attack_label(attack: dict) -> str:
-    """How a results file's `attack` reads on a figure: "PGD-20", "AutoAttack standard",
-    "AutoAttack custom (apgd-ce, apgd-t)"."""
-    version = attack.get("version")
-    if version == "pgd":
-        steps = attack.get("steps")
-        return f"PGD-{steps}" if isinstance(steps, int) else "PGD"
-    if version is None:
-        return "attack"
-    label = f"AutoAttack {version}"
-    if version == "custom" and attack.get("attacks"):
-        label += f" ({', '.join(map(str, attack['attacks']))})"
-    return label
 
 
 def attack_data(results: str | os.PathLike | dict) -> dict:

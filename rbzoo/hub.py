@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from . import __version__
 from ._io import check_output, write_bytes, write_text
 from .cards import HEX40, HEX64, NAME_RE, OBJECTIVES, REPO_RE, Card, build_card, load_card
@@ -31,10 +33,11 @@ from .constants import cards_dir as default_cards_dir
 from .constants import hf_cache_dir, hf_endpoint, hf_offline, hf_token
 from .data import DEFAULT_EPS, get_dataset, get_spec
 from .errors import CheckpointError, ConfigError, DataError, HubError, RbzooError, VerificationError
-from .exact import Certificate, clean_accuracy, compare
+from .exact import clean_accuracy
 from .evidence import read_evidence
-from .inspect import describe
+from .inspection import describe
 from .robust_check import check_consistency
+from .verdict import Certificate, check_claims, compare
 
 CARD_FILE = "README.md"
 CHECKPOINT_FILE = "model.safetensors"
@@ -288,9 +291,10 @@ def _card_block(ck: Checkpoint, data: bytes, sha: str, res: dict, cert: Certific
 
 
 def _push_results(ckpt: Path, ck: Checkpoint, model, sha: str, results, data_dir, device: str,
-                  progress: Progress | None) -> tuple[dict, Certificate, Path | None, str, bool]:
+                  progress: Progress | None) -> tuple[dict, Certificate, Path | None, str, np.ndarray | None]:
     """The results a push publishes: given (and checked), and/or computed on `data_dir`.
-    Returns (results, their certificate, their file, dataset, whether clean accuracy was evaluated here)."""
+    Returns (results, their certificate, their file, dataset, the test labels when clean accuracy
+    was evaluated here, else None)."""
     dataset = checkpoint_dataset(ck)
     res, res_path = _find_results(ckpt, results)
     cert = None
@@ -305,23 +309,24 @@ def _push_results(ckpt: Path, ck: Checkpoint, model, sha: str, results, data_dir
         if res is None:
             raise ConfigError(f"no clean-accuracy result for {ckpt}: run `rbzoo eval {ckpt} --out "
                               f"{ckpt.with_name(ckpt.stem + '.results.json')}`, or pass --results FILE or --data-dir DIR")
-        return res, cert, res_path, dataset, False
+        return res, cert, res_path, dataset, None
     n = res["n_examples"] if res is not None else None
     ds, indices = load_test_split(dataset, data_dir, n, f"evaluate {ckpt.name}", "rerun with --data-dir DIR")
     t0 = time.monotonic()
     total = len(ds) if indices is None else len(indices)
     clean = clean_accuracy(model, ds, indices=indices, device=device,
                            progress=progress(f"clean accuracy of {ckpt.name}", total) if progress else None)
-    new = clean.certificate()
+    new = Certificate.of(clean)
     if res is None:
-        return _results_from_clean(clean, new, ck, sha, dataset, device, time.monotonic() - t0), new, None, dataset, True
+        return (_results_from_clean(clean, new, ck, sha, dataset, device, time.monotonic() - t0), new, None, dataset,
+                clean.labels)
     verdict = compare(cert, new)
     if not verdict.ok or (res.get("data_sha256") and res["data_sha256"] != clean.data_sha256):
         what = "the test data differs" if res.get("data_sha256") not in (None, clean.data_sha256) else verdict.message()
         raise VerificationError(f"{res_path} does not reproduce on {data_dir}: {clean.clean_correct}/{clean.n_examples} "
                                 f"correct now, the results say {res['clean_correct']}/{res['n_examples']} ({what}); "
                                 f"refusing to publish")
-    return res, cert, res_path, dataset, True
+    return res, cert, res_path, dataset, clean.labels
 
 
 def push(checkpoint: str | Path, repo_id: str | None = None, *, results: str | Path | None = None,
@@ -350,7 +355,8 @@ def push(checkpoint: str | Path, repo_id: str | None = None, *, results: str | P
     data = ckpt.read_bytes()  # hash and upload the same bytes, even if the file changes meanwhile
     sha = hashlib.sha256(data).hexdigest()
     ck, model = _load_checkpoint(ckpt)
-    res, cert, res_path, dataset, evaluated = _push_results(ckpt, ck, model, sha, results, data_dir, device, progress)
+    res, cert, res_path, dataset, labels = _push_results(ckpt, ck, model, sha, results, data_dir, device, progress)
+    evaluated = labels is not None
     if name is None:
         name = re.sub(r"[^a-z0-9._-]+", "-", (repo_id.split("/")[1] if repo_id else ckpt.stem).lower()).strip("-._")
     if not NAME_RE.match(name or ""):
@@ -363,6 +369,9 @@ def push(checkpoint: str | Path, repo_id: str | None = None, *, results: str | P
         rb["claimed"].update(robust_correct=res["robust_correct"], evidence_sha256=hashlib.sha256(evidence).hexdigest())
         res = dict(res, evidence=dict(res["evidence"], file=EVIDENCE_FILE))
     card = build_card(rb, robust_args=rargs, license=license)
+    # Every number the card states must follow from its certificate (and the test labels, when
+    # evaluated here) and from the results: an inconsistent card is never written.
+    check_claims(card.meta, cert=cert, labels=labels, results=res)
     res = dict(res, model={**(res.get("model") or {}), "path": CHECKPOINT_FILE, "file_sha256": sha})
     files = {CHECKPOINT_FILE: data, RESULTS_FILE: (json.dumps(res, indent=2) + "\n").encode(),
              CARD_FILE: card.render().encode("utf-8")}
@@ -495,8 +504,8 @@ def fetch_hub(repo: str, rev: str, *, endpoint: str | None = None, token: str | 
     if results_path is not None:
         try:
             results = json.loads(results_path.read_text("utf-8"))
-        except (OSError, ValueError):
-            results = None  # the card pins what matters; a broken results file only loses the certificate
+        except (OSError, ValueError) as e:  # a published file that fails a check: exit 3, named
+            raise VerificationError(f"{repo}@{commit[:12]}: the published {RESULTS_FILE} is not valid JSON ({e})") from None
     evidence = evidence_path.read_bytes() if evidence_path is not None else None
     return HubFiles(card, path, results, commit, server_sha, lambda: _purge_cached(path), evidence)
 

@@ -163,6 +163,12 @@ class _StraightThrough(torch.autograd.Function):
         return torch.sign(scores).mul_(weight).mul_(grad), None, None
 
 
+def _strided_pointwise_nhwc_on_cpu(x: torch.Tensor, conv) -> bool:
+    return (x.device.type == "cpu" and conv.kernel_size == 1 and conv.padding == 0 and conv.stride > 1
+            and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last))
+
+
 class SubnetConv2d(nn.Module):
     """A bias-free convolution whose ±1 weights are fixed and whose mask is learned.
 
@@ -242,6 +248,11 @@ class SubnetConv2d(nn.Module):
             w = _StraightThrough.apply(self.scores, self.weight, w)
         if w.dtype != x.dtype:
             w = w.to(x.dtype)
+        if _strided_pointwise_nhwc_on_cpu(x, self):
+            # oneDNN's AVX2 weight gradient of a strided 1×1 convolution on channels-last input
+            # crashes the process (torch 2.14.1, AVX2-only CPUs). Subsampling first and convolving
+            # with stride 1 computes the same dot products without that kernel.
+            return F.conv2d(x[:, :, ::self.stride, ::self.stride], w, None, 1, 0)
         return F.conv2d(x, w, None, self.stride, self.padding)
 
     def folded(self) -> nn.Conv2d:

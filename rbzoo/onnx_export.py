@@ -36,18 +36,16 @@ from .checkpoint import build, dataset_name, model_digest_of, read
 from .data import dataset_metadata, get_dataset, get_spec
 from .errors import CheckpointError, ConfigError, VerificationError
 from .evaluate import select_indices
-from .exact import TAU, certify, compare, ordered_batches, pinned_numerics
+from .exact import ordered_batches, pinned_numerics
 from .layers import SubnetConv2d
 from .models._registry import ARCHITECTURES, fold
 from .models.resnet import Bottleneck, ResNet
 from .resolve import Resolver, resolve_checkpoint
+from .verdict import certify, compare_logits
 
 VARIANTS = ("dense", "int8", "sparse")
 BN_MODES = ("fold", "explicit")
 DEFAULT_OPSET = 17
-# Near-tie tolerance of the verification: onnxruntime is one more float32 evaluation, so the
-# certificate's float32 τ applies (measured onnxruntime-vs-torch relative deviation: ~3e-6).
-NEAR_TIE_TAU = TAU["verify"]
 
 DIGITS_CLASSES = [str(i) for i in range(10)]
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -265,11 +263,11 @@ class CheckResult:
     """rbzoo (torch) vs onnxruntime on the same samples."""
 
     n: int
-    status: str  # exact | tolerance | failed (rbzoo.exact.compare's verdict)
+    status: str  # exact | tolerance | failed (rbzoo.verdict.compare_logits's verdict)
     tau: float
     verdict: str  # the verdict's one-line message
     differing: list[int]  # sample positions whose labels differ
-    near_ties: int  # samples whose rbzoo relative top-2 margin is below tau
+    near_ties: int  # samples whose relative top-2 margin in rbzoo's own evaluation is below tau
     max_abs_dev: float  # max |logit_onnx − logit_torch|
     max_rel_dev: float  # max over samples of max|Δlogit| / ‖logits‖∞
     torch_correct: int
@@ -296,10 +294,11 @@ def _session(ort, path: str | os.PathLike | bytes, threads: int | None = None):
 
 @torch.no_grad()
 def check_onnx(path: str | os.PathLike | bytes, model: nn.Module, dataset, *, indices=None, batch_size: int = 256,
-               tau: float = NEAR_TIE_TAU, threads: int | None = None) -> CheckResult:
+               threads: int | None = None) -> CheckResult:
     """Run the ONNX graph under onnxruntime and rbzoo's `model` under pinned numerics on the same
-    batches of `dataset` (images in [0, 1]); compare them with the verification certificate's rule
-    (rbzoo.exact.compare: a label may differ only where either relative top-2 margin is below τ)."""
+    batches of `dataset` (images in [0, 1]) and judge the graph by rbzoo.verdict.compare_logits: a
+    label may differ only where rbzoo's own margin is below τ, and no logit may deviate by more than
+    MAX_GRAPH_DEVIATION of its sample's largest logit (a degenerate graph fails both)."""
     _, ort = require_onnx()
     t0 = time.perf_counter()
     session = _session(ort, path, threads)
@@ -315,15 +314,13 @@ def check_onnx(path: str | os.PathLike | bytes, model: nn.Module, dataset, *, in
     ref, got, y = np.concatenate(refs), np.concatenate(gots), np.concatenate(labels)
     if ref.shape != got.shape:
         raise VerificationError(f"onnxruntime returned logits of shape {got.shape}, rbzoo {ref.shape}")
-    reference, new = certify(ref, tau=tau), certify(got, tau=tau)
-    verdict = compare(reference, new.labels, new.margins, tau=tau)
+    verdict, rel_dev = compare_logits(got, ref)
+    reference, new = certify(ref), certify(got)
     dev = np.abs(got.astype(np.float64) - ref)
-    scale = np.maximum(np.abs(ref).max(axis=1), np.finfo(np.float32).tiny)
     return CheckResult(
         n=len(y), status=verdict.status, tau=verdict.tau, verdict=verdict.message(),
-        differing=verdict.differing.tolist(), near_ties=len(reference.near_ties(tau)),
-        max_abs_dev=float(dev.max()) if dev.size else 0.0,
-        max_rel_dev=float((dev.max(axis=1) / scale).max()) if dev.size else 0.0,
+        differing=verdict.differing.tolist(), near_ties=len(reference.near_ties(verdict.tau)),
+        max_abs_dev=float(dev.max()) if dev.size else 0.0, max_rel_dev=rel_dev,
         torch_correct=int((reference.labels == y).sum()), onnx_correct=int((new.labels == y).sum()),
         torch_predictions_sha256=reference.labels_sha256, onnx_predictions_sha256=new.labels_sha256,
         wall_s=time.perf_counter() - t0)
@@ -391,7 +388,7 @@ def _onnx_metadata(model, metadata: dict, source: Path | None, dataset: str | No
 def export_onnx(model_or_ckpt, out: str | os.PathLike, *, variant: str = "dense", bn: str = "fold",
                 opset: int = DEFAULT_OPSET, dataset: str | None = None, data_dir=None, check: bool = True,
                 check_n: int | None = None, force: bool = False, image_size: int | None = None,
-                batch_size: int = 256, tau: float = NEAR_TIE_TAU, remote: Resolver | None = None) -> ExportReport:
+                batch_size: int = 256, remote: Resolver | None = None) -> ExportReport:
     """Write `model_or_ckpt` (module, checkpoint file, run folder, zoo name or repo id) as ONNX.
 
     With `check` the graph is verified under onnxruntime on the test split of the model's dataset
@@ -428,7 +425,7 @@ def export_onnx(model_or_ckpt, out: str | os.PathLike, *, variant: str = "dense"
     with atomic_path(out) as tmp:
         tmp.write_bytes(data)
         if check:  # verified before it replaces anything: a failure leaves no file behind
-            result = check_onnx(tmp, model, ds, indices=indices, batch_size=batch_size, tau=tau)
+            result = check_onnx(tmp, model, ds, indices=indices, batch_size=batch_size)
             if not result.ok:
                 raise VerificationError(f"ONNX export not written: {result.message()}")
     return ExportReport(str(out), variant, bn, opset, len(data), meta["rbzoo.model_digest"], name, image_size,

@@ -31,8 +31,9 @@ from torch.utils.data import Dataset
 
 from .errors import VerificationError
 from .evidence import BreakCheck, Encoded, Evidence, check_breaks
-from .exact import MAX_NAMED, Certificate, numerics, ordered_batches, unpack_flags
+from .exact import numerics, ordered_batches, unpack_flags
 from .robust import ChunkRecord, chunk_seed, make_attack_spec, run_chunk
+from .verdict import MAX_NAMED, Certificate
 
 ATTACK_KEYS = ("norm", "eps", "version", "attacks", "seed", "chunk_size", "n_iter", "n_restarts", "n_queries", "numerics")
 

@@ -22,7 +22,7 @@ REGISTRY_FILE = "verified.json"
 class ZooEntry:
     card: Card
     path: Path
-    status: str  # "verified" | "unverified" | "downloaded" | "not pulled" | "import from source" | "import: --source FILE"
+    status: str  # "verified" | "unverified" | "unpinned source" | "downloaded" | "not pulled" | "import from source" | "import: --source FILE"
 
 
 def registry_path() -> Path:
@@ -44,20 +44,45 @@ def registry_put(key: str, record: dict | None, *, if_absent: bool = False) -> N
     _registry().update(key, record, if_absent=if_absent)
 
 
-def registry_key(repo_id: str | None, commit: str | None, sha256: str) -> str:
-    return f"{repo_id or '(folder)'}@{commit or '-'}:{sha256}"
+# A name is not an identity: a record is keyed by where the model came from (its origin) and the
+# checkpoint's SHA-256, never by the card's name, so a folder or Hub card named like a shipped
+# entry cannot mark that entry verified.
+
+def zoo_origin(name: str) -> str:
+    """An entry shipped in the cards folder and imported from its source (no Hub repo)."""
+    return f"zoo:{name}"
+
+
+def hub_origin(repo_id: str, commit: str | None) -> str:
+    return f"hub:{repo_id}@{commit or '-'}"
+
+
+def folder_origin(folder: str | Path) -> str:
+    return f"folder:{Path(folder).resolve()}"
+
+
+def registry_key(origin: str, sha256: str) -> str:
+    return f"{origin}:{sha256}"
+
+
+_ORDER = ("verified", "unverified", "unpinned source", "downloaded")
 
 
 def _status(card: Card, entries: dict[str, dict]) -> str:
-    if card.repo_id is None:  # imported entry: pull converts the authors' file
-        recs = [r for r in entries.values() if r.get("name") == card.name and r.get("repo_id") is None]
-        return next((r["status"] for r in recs if r.get("status") in ("verified", "unverified")), None) or (
-            "import from source" if card.rb["source_url"] else "import: --source FILE")
-    recs = [r for r in entries.values()
-            if r.get("repo_id") == card.repo_id and r.get("sha256") == card.rb["checkpoint_sha256"]
-            and (card.revision is None or r.get("revision") == card.revision)]
-    order = ("verified", "unverified", "downloaded")
-    return next((st for st in order if any(r.get("status") == st for r in recs)), "not pulled")
+    def mine(r: dict) -> bool:  # the same origin, the model and the claim this card pins
+        if card.repo_id is None:
+            same = r.get("origin") == zoo_origin(card.name)
+        else:
+            same = r.get("origin") == hub_origin(card.repo_id, r.get("revision")) and r.get(
+                "sha256") == card.rb["checkpoint_sha256"] and card.revision in (None, r.get("revision"))
+        return same and card.rb["model_digest"] in (None, r.get("model_digest")) and (
+            r.get("status") == "downloaded" or r.get("expected") == card.expected)
+
+    recs = [r for r in entries.values() if mine(r)]
+    found = next((st for st in _ORDER if any(r.get("status") == st for r in recs)), None)
+    if found or card.repo_id is not None:
+        return found or "not pulled"
+    return "import from source" if card.rb["source_url"] else "import: --source FILE"
 
 
 def list_zoo(cards_dir: str | Path | None = None) -> list[ZooEntry]:
@@ -66,5 +91,5 @@ def list_zoo(cards_dir: str | Path | None = None) -> list[ZooEntry]:
     return [ZooEntry(card, path, _status(card, entries)) for path, card in load_cards(default_cards_dir(cards_dir))]
 
 
-__all__ = ["REGISTRY_FILE", "ZooEntry", "list_zoo", "registry_entries", "registry_key", "registry_path",
-           "registry_put"]
+__all__ = ["REGISTRY_FILE", "ZooEntry", "folder_origin", "hub_origin", "list_zoo", "registry_entries", "registry_key",
+           "registry_path", "registry_put", "zoo_origin"]

@@ -8,11 +8,17 @@ transport and push) and :mod:`rbzoo.convert` (official file → format-v1 checkp
    file (imported entries);
 3. **verify** — SHA-256 against the card and the server, strict load (the whole-model digest),
    the card's model digest, then the clean accuracy re-evaluated and compared with the card's
-   reference under the certificate rules of :mod:`rbzoo.exact`: *exact*, *verified within
-   numerical tolerance* (only near-ties differ), *count only* (the card has no per-sample
-   reference), or *failed*;
-4. **record** — the verdict in `$RBZOO_HOME/verified.json` (locked, atomic), plus this machine's
-   certificate when the card had none, so the next pull of the same model here is exact.
+   reference under the rules of :mod:`rbzoo.verdict`: *exact*, *verified within numerical
+   tolerance* (only near-ties of this evaluation differ), *count only* (the card has no per-sample
+   reference; capped slack), or *failed*; then every number the card states is derived and checked;
+4. **record** — the verdict in `$RBZOO_HOME/verified.json` (locked, atomic), keyed by the model's
+   origin (zoo entry, Hub repo and commit, folder) and SHA-256 — never by the card's name — with a
+   digest of everything published: a later pull skips the re-evaluation only while that is
+   unchanged. Plus this machine's certificate when the card had none, so the next pull of the same
+   model here is exact.
+
+A publication never vouches for itself: the threat model is in docs/zoo.md, and
+tests/test_attacker.py plays each row of it.
 """
 
 from __future__ import annotations
@@ -27,30 +33,30 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import file_sha256, write_bytes, write_json, write_text
+from ._io import canonical_json, check_output, file_sha256, read_json, write_bytes, write_json, write_text
 from .cards import NAME_RE, REPO_RE, Card, build_card, load_card
 from .checkpoint import build, checkpoint_dataset, read
 from .constants import cards_dir as default_cards_dir
 from .constants import rbzoo_home
-from .convert import convert_official
+from .convert import CONVERTER_VERSION, convert_official
 from .data import get_spec
 from .errors import ConfigError, HubError, RbzooError, VerificationError
 from .evidence import read_evidence
-from .exact import TAU, Certificate, Verdict, check_profile, clean_accuracy, compare, compare_count, tau_for
+from .exact import check_profile, clean_accuracy
+from .fetch import REGISTRY_NAME as DOWNLOADS_FILE
 from .fetch import download
-from .hub import CARD_FILE, EVIDENCE_FILE, RESULTS_FILE, fetch_hub, load_test_split, robust_evidence
+from .hub import CARD_FILE, EVIDENCE_FILE, RESULTS_FILE, Progress, fetch_hub, load_test_split, robust_evidence
+from .registry import Registry
 from .robust_check import prove_breaks, spot_check
-from .verified import registry_entries
+from .verdict import TAU, Certificate, Verdict, check_claims, compare, compare_count, degenerate, tau_for
+from .verdict import strict as strict_verdict
+from .verified import folder_origin, hub_origin, registry_entries, zoo_origin
 from .verified import registry_key as _key
 from .verified import registry_put as _registry_put
 
 CERTIFICATE_SUFFIX = ".certificate.json"  # beside a card in the cards folder: <name>.certificate.json
 RESULTS_SUFFIX = ".results.json"  # beside an imported card: the results of its robust claim
 EVIDENCE_SUFFIX = ".evidence.safetensors"  # beside an imported card: that claim's evidence
-
-# `progress(description, total)` returns a callback taking the number of items just done.
-Progress = Callable[[str, int], Callable[[int], None]]
-
 
 @dataclass
 class Spec:
@@ -71,7 +77,7 @@ class PullResult:
     size: int
     repo_id: str | None
     revision: str | None  # the commit actually downloaded (None for a folder or an import)
-    status: str  # "verified" (now), "cached" (verified before), "skipped" (--no-verify)
+    status: str  # "verified" (now), "cached" (verified before), "skipped" (--no-verify), "unpinned source"
     verdict: str | None = None  # "exact" | "tolerance" | "count only" (None when skipped)
     message: str = ""  # the verdict in one line
     clean_correct: int | None = None
@@ -79,6 +85,7 @@ class PullResult:
     notes: list[str] = field(default_factory=list)
     card_block: dict | None = None  # the `expected` block a maintainer would publish (count-only cards)
     written_card: Path | None = None
+    origin: str = ""  # where the model came from: zoo:NAME | hub:REPO@COMMIT | folder:PATH (the registry's key)
     robust: dict | None = None  # --robust: what was proved about the robust claim (RobustVerdict.to_json())
     robust_message: str = ""  # --robust: one line
 
@@ -100,6 +107,10 @@ class _Fetched:
     purge: Callable[[], None] = lambda: None
     spec: str = ""
     certificate: dict | None = None  # the card's reference certificate, as published
+    origin: str = ""
+    source_sha256: str | None = None  # imported entries: the official file converted
+    unpinned: bool = False  # imported from a --source FILE that no hash pins
+    first_use: bool = False  # imported: this download pinned the official file (trust on first use)
     evidence: bytes | None = None  # the published evidence file (robust claims), if any
 
 
@@ -128,13 +139,6 @@ def parse_spec(spec: str, cards_dir: str | Path | None = None) -> Spec | None:
 
 # ------------------------------------------------------------------------------------------ 2. fetch
 
-def _read_json(path: Path, what: str) -> dict | None:
-    try:
-        return json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError) as e:
-        raise HubError(f"{path}: not valid JSON ({what}: {e})") from None
-
-
 def _results_certificate(results) -> dict | None:
     return results.get("certificate") if isinstance(results, dict) else None
 
@@ -147,10 +151,10 @@ def _fetch_folder(s: Spec) -> _Fetched:
     path = folder / card.rb["checkpoint"]
     if not path.is_file():
         raise HubError(f"{folder}: the card names {card.rb['checkpoint']}, which is missing")
-    results = _read_json(folder / RESULTS_FILE, "results") if (folder / RESULTS_FILE).is_file() else None
+    results = read_json(folder / RESULTS_FILE, "results JSON", VerificationError) if (folder / RESULTS_FILE).is_file() else None
     evidence = (folder / EVIDENCE_FILE).read_bytes() if (folder / EVIDENCE_FILE).is_file() else None
     return _Fetched(card, path, results, card.repo_id, None, spec=str(folder),
-                    certificate=_results_certificate(results), evidence=evidence)
+                    certificate=_results_certificate(results), origin=folder_origin(folder), evidence=evidence)
 
 
 def _fetch_hub(s: Spec, endpoint: str | None, token: str | None) -> _Fetched:
@@ -158,7 +162,8 @@ def _fetch_hub(s: Spec, endpoint: str | None, token: str | None) -> _Fetched:
     repo, rev = (local.repo_id, local.revision or "main") if local else (s.repo_id, s.revision or "main")
     got = fetch_hub(repo, rev, endpoint=endpoint, token=token, local_card=local)
     return _Fetched(got.card, got.path, got.results, repo, got.commit, got.server_sha256, got.purge, spec=s.text,
-                    certificate=_results_certificate(got.results), evidence=got.evidence)
+                    certificate=_results_certificate(got.results), origin=hub_origin(repo, got.commit),
+                    evidence=got.evidence)
 
 
 def import_zoo_entry(card: dict, source: str | Path | None, *, cache_dir: str | Path, progress: bool = True,
@@ -166,43 +171,58 @@ def import_zoo_entry(card: dict, source: str | Path | None, *, cache_dir: str | 
     """Fetch (or take) an imported zoo entry's official file, convert it, and return the checkpoint.
 
     `card` is the card's front matter (or its `rbzoo` block). `source` is a local copy of the
-    official file; without it the card's `source_url` is downloaded (resumable, SHA-256 recorded)
-    into `cache_dir/official/`. The conversion goes to `cache_dir/<name>.safetensors` and is
-    reused while it was made from a file with the same SHA-256. `bn_check=False` skips the
-    BN-statistics check of the card's keep/p (`rbzoo pull --no-bn-check`). What proves the result
-    right is the clean-accuracy verification that `pull` runs next, not the conversion.
+    official file; without it the card's `source_url` is downloaded (resumable; its URL and SHA-256
+    recorded on the first download, and later downloads must match) into `cache_dir/official/`. The
+    conversion is cached under a key of every conversion input (the source's SHA-256, arch, keep,
+    p, end_with_bn, the BN check, the converter version), so another conversion is never reused.
+    `bn_check=False` skips the BN-statistics check of the card's keep/p (`rbzoo pull --no-bn-check`).
+    What proves the result right is the clean-accuracy verification that `pull` runs next.
     """
+    return _import(card, source, cache_dir=cache_dir, progress=progress, bn_check=bn_check)[0]
+
+
+def _import(card: dict, source, *, cache_dir, progress: bool, bn_check: bool) -> tuple[Path, str, str | None]:
+    """(checkpoint, the source's SHA-256, what pins that source: "card" | "recorded" | "first use" | None)."""
     rb = card.get("rbzoo", card) if isinstance(card, dict) else None
     if not isinstance(rb, dict) or "name" not in rb or "arch" not in rb:
         raise HubError("not a zoo card: no rbzoo block with name and arch")
     name, cache_dir = rb["name"], Path(cache_dir)
-    source, sha = _official_source(rb, source, cache_dir, progress)
-    out = cache_dir / f"{name}.safetensors"
+    source, sha, pinned = _official_source(rb, source, cache_dir, progress)
+    if rb.get("p") is None or rb.get("keep") is None:
+        raise HubError(f"{name}: the card does not say which keep and p the model was trained with")
+    arch = rb["arch"]
+    inputs = {"source_sha256": sha, "arch": arch, "keep": rb["keep"], "p": rb["p"],
+              "end_with_bn": bool(arch.get("end_with_bn")), "bn_check": bool(bn_check),
+              "dataset": rb["dataset"], "objective": rb.get("objective"), "converter": CONVERTER_VERSION}
+    key = hashlib.sha256(canonical_json(inputs).encode("ascii")).hexdigest()
+    out = cache_dir / f"{name}-{key[:16]}.safetensors"
     if not _converted_from(out, sha):
-        arch = rb["arch"]
-        if rb.get("p") is None or rb.get("keep") is None:
-            raise HubError(f"{name}: the card does not say which keep and p the model was trained with")
-        convert_official(source, arch=arch["id"], keep=rb["keep"], p=rb["p"], end_with_bn=bool(arch.get("end_with_bn")),
+        convert_official(source, arch=arch["id"], keep=rb["keep"], p=rb["p"], end_with_bn=inputs["end_with_bn"],
                          num_classes=arch.get("num_classes"), dataset=rb["dataset"], out=out,
                          objective=rb.get("objective"), bn_consistency=bn_check,
                          force=True)  # a cache entry: replaced when its source changed
-    return out
+    return out, sha, pinned
 
 
-def _official_source(rb: dict, source, cache_dir: Path, progress: bool) -> tuple[Path, str]:
+def _official_source(rb: dict, source, cache_dir: Path, progress: bool) -> tuple[Path, str, str | None]:
+    """(the official file, its SHA-256, what pins it). A download is pinned by the card's
+    source_sha256 ("card") or, failing that, by the first download's record ("recorded"; "first use"
+    when this download made it); a local `source` by the card's hash or that record, else None."""
     name, want = rb["name"], rb.get("source_sha256")
+    url = rb.get("source_url")
+    first = Registry(cache_dir / "official" / DOWNLOADS_FILE).get(url) if url else None
     if source is not None:
         source = Path(source)
         if not source.is_file():
             raise HubError(f"{name}: no such source file: {source}")
         sha, _ = file_sha256(source)
-        if want and sha != want:
-            raise VerificationError(f"{name}: {source} has SHA-256 {sha}, the card says {want}: not the official file")
-        return source, sha
-    if rb.get("source_url"):
-        fetched = download(rb["source_url"], cache_dir / "official" / f"{name}.pth", expected_sha256=want,
-                           progress=progress)
-        return fetched.path, fetched.sha256
+        for who, ref in (("the card says", want), (f"the first download from {url} was", (first or {}).get("sha256"))):
+            if ref and sha != ref:
+                raise VerificationError(f"{name}: {source} has SHA-256 {sha}, {who} {ref}: not the official file")
+        return source, sha, "card" if want else "recorded" if first else None
+    if url:
+        fetched = download(url, cache_dir / "official" / f"{name}.pth", expected_sha256=want, progress=progress)
+        return fetched.path, fetched.sha256, "card" if want else "recorded" if first else "first use"
     raise HubError(f"{name}: the card has no download URL for the official file; download it from the "
                    f"paper's model zoo (https://github.com/IVRL/RobustBinarySubNet#model-zoo) and pass it "
                    f"with --source FILE")
@@ -220,16 +240,21 @@ def _converted_from(out: Path, sha: str) -> bool:
 def _fetch_import(s: Spec, source: str | Path | None, bn_check: bool = True) -> _Fetched:
     """An imported entry: the authors' file, converted here. Its SHA-256 is the local reference;
     the card's model digest and the clean-accuracy verification are what prove it right."""
-    path = import_zoo_entry(s.card.meta, source, cache_dir=rbzoo_home() / "imports", progress=True, bn_check=bn_check)
+    path, source_sha, pinned = _import(s.card.meta, source, cache_dir=rbzoo_home() / "imports", progress=True,
+                                       bn_check=bn_check)
     sha, _ = file_sha256(path)
     side = s.card_path.with_name(s.card.name + CERTIFICATE_SUFFIX) if s.card_path else None
-    cert = _read_json(side, "certificate") if side is not None and side.is_file() else None
+    cert = read_json(side, "certificate JSON", VerificationError) if side is not None and side.is_file() else None
+    by_digest = s.card.rb["model_digest"] is not None
     results = evidence = None
     if s.card_path is not None and s.card.rb["claimed"].get("evidence_sha256"):  # a robust claim rbzoo measured
         res_path, ev_path = (s.card_path.with_name(s.card.name + x) for x in (RESULTS_SUFFIX, EVIDENCE_SUFFIX))
-        results = _read_json(res_path, "results") if res_path.is_file() else None
+        results = read_json(res_path, "results JSON", VerificationError) if res_path.is_file() else None
         evidence = ev_path.read_bytes() if ev_path.is_file() else None
-    return _Fetched(s.card, Path(path), results, None, None, sha, spec=s.text, certificate=cert, evidence=evidence)
+    return _Fetched(s.card, Path(path), results, None, None, sha, spec=s.text, certificate=cert,
+                    origin=zoo_origin(s.card.name), source_sha256=source_sha,
+                    unpinned=pinned is None and not by_digest, first_use=pinned == "first use" and not by_digest,
+                    evidence=evidence)
 
 
 # ------------------------------------------------------------------------------------------ 3. verify
@@ -246,10 +271,13 @@ def _check_identity(f: _Fetched, label: str):
     wrong = [f"{who} says {ref[:16]}…" for who, ref in refs if ref != sha]
     if wrong or (card.rb["checkpoint_bytes"] is not None and size != card.rb["checkpoint_bytes"]):
         f.purge()
-        _registry_put(_key(f.repo_id, f.commit, sha), None)
+        _registry_put(_key(f.origin, sha), None)
         raise VerificationError(f"{label}: {f.path.name} is corrupted: SHA-256 {sha[:16]}… ({size:,} bytes), "
                                 f"{'; '.join(wrong) or 'size differs from the card'}; the download was deleted")
-    ck = read(f.path)  # strict: format, tensor set, shapes, the whole-model digest
+    try:
+        ck = read(f.path)  # strict: format, tensor set, shapes, the whole-model digest
+    except RbzooError as e:  # a published file that fails a check is a failed verification, named
+        raise VerificationError(f"{label}: the published {f.path.name} fails its checks: {e}") from None
     if card.rb["model_digest"] is not None and ck.digest != card.rb["model_digest"]:
         raise VerificationError(f"{label}: the checkpoint's model digest is {ck.digest[:16]}…, the card says "
                                 f"{card.rb['model_digest'][:16]}…: not the model the card describes")
@@ -262,6 +290,17 @@ def _check_identity(f: _Fetched, label: str):
     if isinstance(f.results, dict) and f.results.get("model_digest") not in (None, ck.digest):
         raise VerificationError(f"{label}: {RESULTS_FILE} describes another model (model_digest differs)")
     return ck, sha, size
+
+
+def _published(f: _Fetched, sha: str) -> str:
+    """One digest of everything published: card, results, certificate, checkpoint (and the official
+    file an import was converted from). A registry hit counts only while this is unchanged."""
+    # The card's front matter is what a pull checks (the body is prose); its revision is part of
+    # the origin already, and the zoo's copy of a Hub card differs from the Hub's only there.
+    card = dict(f.card.meta, rbzoo=dict(f.card.rb, revision=None))
+    doc = {"card": card, "results": f.results, "certificate": f.certificate, "checkpoint_sha256": sha,
+           "source_sha256": f.source_sha256}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
 def _card_reference(f: _Fetched, label: str) -> Certificate | None:
@@ -305,16 +344,23 @@ def _count_tau(exp: dict, new: Certificate) -> float:
     return max(new.tau, TAU[exp["profile"] or "fast"])
 
 
+ADD_UP = "the card's numbers do not add up: "
+
+
 def _judge(f: _Fetched, label: str, ck, clean, new: Certificate, strict: bool) -> tuple[Verdict, str]:
-    """Compare a re-evaluation with the card: (verdict, what the reference was)."""
+    """Compare a re-evaluation with the card, then derive every number the card states:
+    (verdict, what the reference was)."""
     exp = f.card.expected
     if clean.n_examples != exp["n_examples"]:
-        raise VerificationError(f"{label}: evaluated {clean.n_examples} samples, the card has {exp['n_examples']}")
-    ref = _card_reference(f, label)
+        raise VerificationError(f"{label}: `rbzoo.expected.n_examples` says {exp['n_examples']}, this evaluation "
+                                f"has {clean.n_examples} samples")
+    ref, predicted = _card_reference(f, label), None
     if ref is not None:
         verdict, what = compare(ref, new), "the card's certificate"
     elif exp["predictions_sha256"] is not None and exp["predictions_sha256"] == clean.predictions_sha256:
-        verdict, what = Verdict("exact", clean.n_examples, new.tau), "the card's prediction digest"
+        why = degenerate(new)
+        verdict = Verdict("failed" if why else "exact", clean.n_examples, new.tau, reason=why or "")
+        what, predicted = "the card's prediction digest", clean.predictions
     else:
         verdict, what = compare_count(exp["clean_correct"], clean.clean_correct, new, tau=_count_tau(exp, new)), \
             "the card's count"
@@ -322,11 +368,14 @@ def _judge(f: _Fetched, label: str, ck, clean, new: Certificate, strict: bool) -
                  if verdict.ok and exp["data_sha256"] in (None, clean.data_sha256) else None)
         if local is not None:  # the count allows it: compare sample by sample with this machine's past run
             verdict, what = compare(local, new), "this machine's earlier certificate; the card has counts only"
-    if strict and verdict.ok and verdict.status != "exact":
-        verdict = Verdict("failed", verdict.n, verdict.tau, verdict.differing, verdict.near_tie_differing,
-                          verdict.differing, verdict.counts)
-        return verdict, what + " (--strict demands exact)"
-    return verdict, what
+    if verdict.ok:
+        same_data = exp["data_sha256"] in (None, clean.data_sha256)
+        try:
+            check_claims(f.card.meta, cert=ref, predicted=predicted, labels=clean.labels if same_data else None,
+                         results=f.results)
+        except VerificationError as e:
+            verdict = Verdict("failed", verdict.n, verdict.tau, reason=ADD_UP + str(e))
+    return (strict_verdict(verdict) if strict else verdict), what
 
 
 def _verify(f: _Fetched, out: PullResult, ck, *, data_dir, device: str, numerics: str, strict: bool,
@@ -335,10 +384,13 @@ def _verify(f: _Fetched, out: PullResult, ck, *, data_dir, device: str, numerics
     hint = f"rerun `rbzoo pull {f.spec} --data-dir DIR`, or skip the check with --no-verify"
     ds, indices = load_test_split(card.dataset, data_dir, exp["n_examples"], f"verify {card.name}", hint)
     total = len(ds) if indices is None else len(indices)
-    model = build(ck, device)
+    try:
+        model = build(ck, device)
+    except RbzooError as e:
+        raise VerificationError(f"{label}: the published {f.path.name} does not build: {e}") from None
     clean = clean_accuracy(model, ds, indices=indices, device=device, profile=numerics,
                            progress=progress(f"verifying {card.name}", total) if progress else None)
-    new = clean.certificate()
+    new = Certificate.of(clean)
     if keep is not None:  # what a robust check goes on with
         keep.update(model=model, dataset=ds, clean=clean, record=None)
     verdict, what = _judge(f, label, ck, clean, new, strict)
@@ -349,7 +401,10 @@ def _verify(f: _Fetched, out: PullResult, ck, *, data_dir, device: str, numerics
               "verdict": verdict.status, "message": message, "model_digest": ck.digest}
     if not verdict.ok:
         _registry_put(out_key(out), {**record, "status": "unverified", "reason": message})
-        raise VerificationError(f"{label}: clean accuracy does not reproduce: {message}; the cached copy is marked unverified")
+        problem = verdict.reason[len(ADD_UP):] if verdict.reason.startswith(ADD_UP) else None
+        raise VerificationError(f"{label}: " + (f"{ADD_UP}{problem}" if problem else
+                                                f"clean accuracy does not reproduce: {message}")
+                                + "; the cached copy is marked unverified")
     if verdict.status == "count only":  # keep this machine's reference: the next pull here is exact
         cert_path = _certificate_path(ck.digest, clean.data_sha256)
         write_json(cert_path, new.to_json())
@@ -358,10 +413,15 @@ def _verify(f: _Fetched, out: PullResult, ck, *, data_dir, device: str, numerics
         out.card_block = maintainer_block(ck.digest, clean, new)
     if exp["data_sha256"] and clean.data_sha256 != exp["data_sha256"]:
         out.notes.append("your copy of the test data has another digest than the card's")
-    _registry_put(out_key(out), {**record, "status": "verified"})
+    status = "verified"
+    if f.unpinned:  # the model is whatever the given file was: reproducible, but not the entry's
+        status = "unpinned source"
+        message = (f"unpinned source: no hash pins {card.name}'s official file (the card has no source_sha256 or "
+                   f"model_digest, and it was never downloaded here), so this is not verified; {message}")
+    _registry_put(out_key(out), {**record, "status": status})
     if keep is not None:
-        keep["record"] = {**record, "status": "verified"}
-    out.status, out.verdict, out.message = "verified", verdict.status, message
+        keep["record"] = {**record, "status": status}
+    out.status, out.verdict, out.message = status, verdict.status, message
     out.clean_correct, out.n_examples = clean.clean_correct, clean.n_examples
     return out
 
@@ -420,7 +480,7 @@ def maintainer_block(model_digest: str, clean, cert: Certificate) -> dict:
 
 
 def out_key(out: PullResult) -> str:
-    return _key(out.repo_id, out.revision, out.sha256)
+    return _key(out.origin, out.sha256)
 
 
 def _now() -> str:
@@ -440,22 +500,25 @@ def _fetch(s: Spec, *, source, bn_check: bool, endpoint, token) -> _Fetched:
 def pull(spec: str, *, data_dir: str | Path | None = None, verify: bool = True, endpoint: str | None = None,
          token: str | None = None, cards_dir: str | Path | None = None, device: str = "cpu",
          progress: Progress | None = None, source: str | Path | None = None, bn_check: bool = True,
-         numerics: str = "verify", strict: bool = False, write_card: bool = False, robust: bool = False,
-         spot_check_chunks: int | str | None = None, spot_seed: int | None = None,
+         numerics: str = "verify", strict: bool = False, write_card: bool = False, force: bool = False,
+         robust: bool = False, spot_check_chunks: int | str | None = None, spot_seed: int | None = None,
          robust_results: str | Path | None = None) -> PullResult:
     """Download a zoo model (card name, `org/name[@rev]`, or a `--to` folder) and verify it.
 
     Imported entries (cards without a repo_id) are fetched from the card's `source_url` (or the
     local official file `source`) and converted first. The verdict (`PullResult.verdict`) is
-    "exact", "tolerance" (only near-ties differ, docs/numerics.md) or "count only" (the card has no
-    per-sample reference; the count moved by no more than this evaluation's near-ties);
-    anything else raises VerificationError. `strict` demands "exact". `numerics` is the profile
-    of the re-evaluation. `write_card` writes the card with this machine's reference into the
-    cards folder (count-only entries). `robust` also checks the robust claim against its published
-    evidence (:func:`rbzoo.robust_check.prove_breaks`); `spot_check_chunks` (a number or "all")
-    re-attacks that many chunks (:func:`rbzoo.robust_check.spot_check`). With `write_card`,
-    `robust_results` (an `rbzoo eval` results file of this model, evidence beside it) adds its robust
-    claim to an imported entry's card, proved here first.
+    "exact", "tolerance" (only near-ties of this evaluation differ, docs/numerics.md) or "count
+    only" (the card has no per-sample reference; the count moved by no more than min(near-ties, cap));
+    anything else, and any number of the card that does not add up, raises VerificationError.
+    `strict` demands "exact". `numerics` is the profile of the re-evaluation. A `source` that no
+    hash pins gives status "unpinned source", never "verified". `write_card` writes the card with
+    this machine's reference into the cards folder (count-only entries; an existing card only
+    with `force`).
+    `robust` also checks the robust claim against its published evidence
+    (:func:`rbzoo.robust_check.prove_breaks`); `spot_check_chunks` (a number or "all") re-attacks
+    that many chunks (:func:`rbzoo.robust_check.spot_check`). With `write_card`, `robust_results`
+    (an `rbzoo eval` results file of this model, evidence beside it) adds its robust claim to an
+    imported entry's card, proved here first.
     """
     s = parse_spec(spec, cards_dir)
     if s is None:
@@ -478,11 +541,16 @@ def pull(spec: str, *, data_dir: str | Path | None = None, verify: bool = True, 
     f = _fetch(s, source=source, bn_check=bn_check, endpoint=endpoint, token=token)
     label = f"{f.repo_id}@{f.commit[:12]}" if f.repo_id and f.commit else (f.repo_id or str(f.spec))
     ck, sha, size = _check_identity(f, label)
-    out = PullResult(f.card, f.path, sha, size, f.repo_id, f.commit, "skipped")
-    base = {"name": f.card.name, "repo_id": f.repo_id, "revision": f.commit, "sha256": sha, "bytes": size,
-            "path": str(f.path), "expected": f.card.expected}
+    out = PullResult(f.card, f.path, sha, size, f.repo_id, f.commit, "skipped", origin=f.origin)
+    if f.first_use:
+        out.notes.append(f"the card pins no hash of the official file: this first download pinned it (URL and "
+                         f"SHA-256 {f.source_sha256[:16]}… recorded under {rbzoo_home()}); later pulls must match it")
+    published = _published(f, sha)
+    base = {"name": f.card.name, "origin": f.origin, "repo_id": f.repo_id, "revision": f.commit, "sha256": sha,
+            "bytes": size, "path": str(f.path), "expected": f.card.expected, "published": published}
     rec = registry_entries().get(out_key(out))
-    if rec and rec.get("status") == "verified" and rec.get("expected") == f.card.expected and rec.get(
+    # History never replaces a check: a hit only while everything published is what was verified.
+    if rec and rec.get("status") == "verified" and rec.get("published") == published and rec.get(
             "model_digest") == ck.digest and rec.get("profile") == numerics \
             and not (strict and rec.get("verdict") != "exact") and not write_card and not robust:
         out.status, out.verdict, out.message = "cached", rec.get("verdict"), rec.get("message", "")
@@ -492,6 +560,9 @@ def pull(spec: str, *, data_dir: str | Path | None = None, verify: bool = True, 
         # never overwrite a verified or an unverified mark (another process may have set one meanwhile)
         _registry_put(out_key(out), {**base, "status": "downloaded", "checked_at": _now()}, if_absent=True)
         return out
+    if write_card and f.unpinned:
+        raise ConfigError(f"{label}: --write-card would pin whatever {source} is; give the card a source_sha256 "
+                          f"or download the official file first")
     keep: dict = {}
     out = _verify(f, out, ck, data_dir=data_dir, device=device, numerics=numerics, strict=strict,
                   progress=progress, base=base, keep=keep)
@@ -499,23 +570,24 @@ def pull(spec: str, *, data_dir: str | Path | None = None, verify: bool = True, 
         _verify_robust(f, out, keep, device=device, numerics=numerics, spot=spot_check_chunks,
                        spot_seed=spot_seed if spot_seed is not None else int(time.time()))
     if write_card and robust_results is not None:
-        out.written_card = _write_robust(s, f, out, keep, Path(robust_results), cards_dir, device=device, numerics=numerics)
+        out.written_card = _write_robust(s, f, out, keep, Path(robust_results), cards_dir, device=device,
+                                         numerics=numerics, force=force)
     elif write_card:
-        out.written_card = _write_card(s, f, out, cards_dir)
+        out.written_card = _write_card(s, f, out, cards_dir, force)
     return out
 
 
 def _write_robust(s: Spec, f: _Fetched, out: PullResult, keep: dict, results_path: Path, cards_dir, *,
-                  device: str, numerics: str) -> Path:
+                  device: str, numerics: str, force: bool) -> Path:
     """An imported entry's card with the robust claim of an `rbzoo eval` of it (and its evidence),
     proved here first; the results and evidence are written beside the card."""
-    res = _read_json(Path(results_path), "results")
+    res = read_json(Path(results_path), "results JSON", ConfigError)
     clean, ck_digest = keep["clean"], keep["record"]["model_digest"]
     if not isinstance(res, dict) or res.get("model_digest") != keep["record"]["model_digest"] \
             or res.get("n_examples") != clean.n_examples or res.get("predictions_sha256") != clean.predictions_sha256:
         raise ConfigError(f"{results_path}: not an `rbzoo eval` of this model on the card's {clean.n_examples} samples "
                           f"with the predictions verified here")
-    cert = clean.certificate()
+    cert = Certificate.of(clean)
     data = robust_evidence(res, Path(results_path), cert, f.card.dataset)
     if data is None:
         raise ConfigError(f"{results_path}: no robust result to publish (rerun `rbzoo eval` without --clean-only)")
@@ -532,6 +604,8 @@ def _write_robust(s: Spec, f: _Fetched, out: PullResult, keep: dict, results_pat
     rargs = {k: res["attack"][k] for k in ("norm", "eps", "version")}
     card = build_card(rb, robust_args=rargs, license=f.card.meta.get("license") or "mit")
     path = s.card_path or default_cards_dir(cards_dir) / f"{f.card.name}.md"
+    for target in (path, *(path.with_name(f.card.name + x) for x in (CERTIFICATE_SUFFIX, EVIDENCE_SUFFIX, RESULTS_SUFFIX))):
+        check_output(target, inputs=(f.path, Path(results_path)), force=force, kind="--write-card")
     write_json(path.with_name(f.card.name + CERTIFICATE_SUFFIX), block["certificate"])
     write_bytes(path.with_name(f.card.name + EVIDENCE_SUFFIX), data)
     write_json(path.with_name(f.card.name + RESULTS_SUFFIX),
@@ -540,16 +614,23 @@ def _write_robust(s: Spec, f: _Fetched, out: PullResult, keep: dict, results_pat
     return path
 
 
-def _write_card(s: Spec, f: _Fetched, out: PullResult, cards_dir) -> Path:
-    """Write the card with this evaluation's reference (and its certificate beside it)."""
+def _write_card(s: Spec, f: _Fetched, out: PullResult, cards_dir, force: bool) -> Path:
+    """Write the card with this evaluation's reference (and its certificate beside it), under the
+    writer rule: an existing card or certificate is replaced only with `force`."""
     if out.card_block is None:
         raise ConfigError(f"{out.label}: the card already has a per-sample reference (certificate_sha256); "
                           f"--write-card is for cards without one")
+    name = f.card.name
+    if not NAME_RE.match(name):
+        raise ConfigError(f"{name!r} is not a valid zoo name")
     block = out.card_block
     rb = dict(f.card.rb, model_digest=block["model_digest"], expected=block["expected"])
     card = build_card(rb, robust_args=f.card.robust_args, license=f.card.meta.get("license") or "mit")
-    path = s.card_path or default_cards_dir(cards_dir) / f"{f.card.name}.md"
-    write_json(path.with_name(f.card.name + CERTIFICATE_SUFFIX), block["certificate"])
+    path = s.card_path or default_cards_dir(cards_dir) / f"{name}.md"
+    side = path.with_name(name + CERTIFICATE_SUFFIX)
+    for target in (path, side):
+        check_output(target, inputs=(f.path,), force=force, kind="--write-card")
+    write_json(side, block["certificate"])
     write_text(path, card.render())
     return path
 

@@ -17,7 +17,7 @@ from rbzoo.errors import VerificationError
 from rbzoo.evaluate import EvalConfig, run_eval
 from rbzoo.evidence import (EXACT, LEVELS, Encoded, Evidence, adversarial_margins, check_breaks, decode_one,
                             encode_breaks, read_evidence)
-from rbzoo.exact import TAU
+from rbzoo.verdict import TAU
 
 from test_eval import reference, trained_checkpoint  # noqa: F401 (fixtures)
 

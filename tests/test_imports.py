@@ -13,12 +13,6 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "rbzoo"
 
-# Cycles that exist today and are being removed (issue 12: exact evaluation becomes a leaf that
-# both evaluate and robust use; the zoo workflow moves above hub and convert; resolve gets the
-# remote resolver passed in). Each is written from its alphabetically first module. Remove an
-# entry with the cycle; test_known_cycles_still_exist fails until you do. Never add one.
-KNOWN_CYCLES_TO_REMOVE: set[tuple[str, ...]] = set()  # all removed (issue 12); never add one
-
 # Who may import the CLI package: the CLI itself, and `python -m rbzoo`.
 CLI = "rbzoo.cli"
 CLI_ENTRY_POINTS = {"rbzoo.__main__"}
@@ -87,15 +81,10 @@ def _show(cycle: tuple[str, ...]) -> str:
     return " → ".join((*cycle, cycle[0]))
 
 
-def test_no_import_cycles_beyond_the_known_ones():
-    new = sorted(cycles(import_graph()) - KNOWN_CYCLES_TO_REMOVE, key=lambda c: (len(c), c))  # shortest first
+def test_no_import_cycles():
+    new = sorted(cycles(import_graph()), key=lambda c: (len(c), c))  # shortest first
     more = f"\n… and {len(new) - 12} more" if len(new) > 12 else ""
     assert not new, f"{len(new)} import cycle(s) in rbzoo/ (layers must point down):\n" + "\n".join(map(_show, new[:12])) + more
-
-
-def test_known_cycles_still_exist():
-    gone = sorted(KNOWN_CYCLES_TO_REMOVE - cycles(import_graph()))
-    assert not gone, "these cycles are gone: delete them from KNOWN_CYCLES_TO_REMOVE:\n" + "\n".join(map(_show, gone))
 
 
 def test_only_the_cli_imports_the_cli():

@@ -99,3 +99,23 @@ def test_training_after_an_inference_mode_forward():
         m.eval()(x)
     torch.nn.functional.cross_entropy(m.train()(x), y).backward()
     assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
+
+
+def test_strided_pointwise_conv_on_channels_last_cpu_input_trains():
+    # oneDNN's AVX2 weight gradient for this case crashes the process (torch 2.14.1); the layer
+    # computes it as a stride-1 convolution of the subsampled input: same outputs, same gradients.
+    from rbzoo.layers import SubnetConv2d
+
+    torch.manual_seed(0)
+    conv = SubnetConv2d(8, 16, 1, 2, 0, keep=0.5)
+    torch.nn.init.normal_(conv.scores)
+    x = torch.rand(4, 8, 9, 9)
+    outs = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        conv.scores.grad = None
+        xi = x.clone().contiguous(memory_format=fmt).requires_grad_(True)
+        y = conv(xi)
+        (y * torch.arange(y.numel()).view_as(y)).sum().backward()
+        outs.append((y.detach(), conv.scores.grad.clone(), xi.grad.clone()))
+    for a, b in zip(*outs):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-4)

@@ -10,6 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ..labels import pct
 from . import app, console, resume_hint, same_command
 
 
@@ -55,10 +56,6 @@ class _Display:
                       f"{done}/{total} point-attacks done{eta}", highlight=False, markup=False)
 
 
-def _pct(x: float | None) -> str:
-    return "—" if x is None else f"{100 * x:.2f}%"
-
-
 def _ci(ci: list[float] | None) -> str:
     return "" if not ci else f"[{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]"
 
@@ -73,11 +70,11 @@ def _summary(r: dict, out: Optional[Path]) -> None:
     for col, justify in (("", "left"), ("correct", "right"), ("accuracy", "right"), ("Wilson 95%", "right")):
         table.add_column(col, justify=justify)
     w = r["wilson95"] or {}
-    table.add_row("clean", f"{r['clean_correct']}/{n}", _pct(r["clean_acc"]), _ci(w.get("clean")))
+    table.add_row("clean", f"{r['clean_correct']}/{n}", pct(r["clean_acc"]), _ci(w.get("clean")))
     for attack, acc in r["robust_acc_after"].items():
-        table.add_row(f"after {attack}", f"{r['robust_correct_after'][attack]}/{n}", _pct(acc), "")
+        table.add_row(f"after {attack}", f"{r['robust_correct_after'][attack]}/{n}", pct(acc), "")
     if r["robust_acc"] is not None:
-        table.add_row("robust", f"{r['robust_correct']}/{n}", _pct(r["robust_acc"]), _ci(w.get("robust")), style="bold")
+        table.add_row("robust", f"{r['robust_correct']}/{n}", pct(r["robust_acc"]), _ci(w.get("robust")), style="bold")
     console.print(table)
     console.print(f"predictions sha256 {r['predictions_sha256']}\ndata sha256        {r['data_sha256']}\n"
                   f"model digest       {r['model_digest']}", highlight=False)

@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..errors import ConfigError
+from ..labels import attack_label, pct
 from . import app, console
 
 _ENDPOINT = typer.Option("--endpoint", help="Hub URL (default: $HF_ENDPOINT, else https://huggingface.co).")
@@ -43,17 +44,12 @@ class _Bars:
             self._progress.stop()
 
 
-def _pct(x: float | None) -> str:
-    return "—" if x is None else f"{x:.2f} %"
-
-
 def _robust_text(card) -> str:
     robust = card.rb["claimed"]["robust_acc"]
     if robust is None:
         return "— (not measured)"
     a = card.robust_args or {}
-    attack = "PGD" if str(a.get("version")).lower() == "pgd" else f"AutoAttack {a.get('version')}"
-    return f"{robust:.2f} % claimed ({attack}, {a.get('norm')}, eps={a.get('eps'):.6g})"
+    return f"{pct(robust, of=100)} claimed ({attack_label(a)}, {a.get('norm')}, eps={a.get('eps'):.6g})"
 
 
 @app.command()
@@ -88,7 +84,7 @@ def push(
                      create_pr=create_pr, endpoint=endpoint, token=token, name=name, to=to, cards_dir=cards_dir,
                      device=device, progress=bars, force=force)
     exp = r.card.expected
-    acc = f"clean {exp['clean_correct']}/{exp['n_examples']} ({_pct(r.card.rb['claimed']['clean_acc'])})"
+    acc = f"clean {exp['clean_correct']}/{exp['n_examples']} ({pct(r.card.rb['claimed']['clean_acc'], of=100)})"
     if r.folder is not None:
         console.print(f"wrote {r.folder}: {hub.CARD_FILE}, {hub.CHECKPOINT_FILE}, {hub.RESULTS_FILE} ({acc})")
         console.print(f"on the other machine: rbzoo pull {r.folder}", highlight=False)
@@ -125,13 +121,16 @@ def pull(
                           "random chunks (or all) with their recorded seeds and compare the robust flags.")] = None,
     results: Annotated[Optional[Path], typer.Option("--results", help="With --write-card, imported entries: an `rbzoo "
                        "eval` results file of this model (evidence beside it) whose robust claim the card then pins.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="With --write-card: replace an existing card.")] = False,
 ) -> None:
     """Download a zoo model and verify it: SHA-256, strict load, clean accuracy sample by sample.
 
     Says which of three it was: exact (every label equals the reference), verified within
     numerical tolerance (only near-ties differ, named), or count only (the card has no per-sample
-    reference); anything else exits 3 and names the samples. Works offline from the cache with
-    HF_HUB_OFFLINE=1; a verified pull is recorded, so repeating it is instant.
+    reference); anything else, or a number of the card that does not follow from its certificate
+    and results, exits 3 and names the samples or the field. An imported entry converted from a
+    --source FILE that no hash pins says "unpinned source", never verified. Works offline from the
+    cache with HF_HUB_OFFLINE=1; a verified pull is recorded, so repeating it unchanged is instant.
     """
     if list_zoo:
         _print_zoo(cards_dir)
@@ -148,7 +147,7 @@ def pull(
     with _Bars() as bars:
         r = zoo.pull(spec, data_dir=data_dir, verify=not no_verify, endpoint=endpoint, token=token, source=source,
                      cards_dir=cards_dir, device=device, progress=bars, bn_check=not no_bn_check, strict=strict,
-                     numerics=numerics, write_card=write_card, robust=robust or spot is not None,
+                     numerics=numerics, write_card=write_card, force=force, robust=robust or spot is not None,
                      spot_check_chunks=spot, robust_results=results)
     _print_pull(spec, r)
 
@@ -159,11 +158,12 @@ _VERDICT = {"exact": "exact", "tolerance": "verified within numerical tolerance"
 def _print_pull(spec: str, r) -> None:
     card = r.card
     f32 = card.rb["float32_bytes"]
-    acc = f"{r.clean_correct}/{r.n_examples} = {_pct(100.0 * r.clean_correct / r.n_examples) if r.n_examples else '—'}"
+    acc = f"{r.clean_correct}/{r.n_examples} = {pct(r.clean_correct, of=r.n_examples)}"
     clean = {
         "verified": f"verified ({_VERDICT.get(r.verdict, r.verdict)}): {acc}",
         "cached": f"verified earlier ({_VERDICT.get(r.verdict, r.verdict)}): {acc} (registry)",
-        "skipped": f"NOT verified (--no-verify); the card claims {_pct(card.rb['claimed']['clean_acc'])}",
+        "skipped": f"NOT verified (--no-verify); the card claims {pct(card.rb['claimed']['clean_acc'], of=100)}",
+        "unpinned source": f"NOT verified: unpinned source ({_VERDICT.get(r.verdict, r.verdict)}): {acc}",
     }[r.status]
     table = Table(title=f"{card.name}", show_header=False)
     table.add_column("", style="bold")
@@ -213,7 +213,7 @@ def _print_zoo(cards_dir) -> None:
         hubref = f"{rb['repo_id']}@{rb['revision'][:12]}" if rb["revision"] else (rb["repo_id"] or "—")
         size = f"{rb['checkpoint_bytes']:,}" if rb["checkpoint_bytes"] else "—"
         table.add_row(rb["name"], rb["dataset"], rb["arch"]["id"], f"{rb['keep']:g}", rb["objective"] or "—",
-                      _pct(rb["claimed"]["clean_acc"]), _pct(rb["claimed"]["robust_acc"]), size, hubref, e.status)
+                      pct(rb["claimed"]["clean_acc"], of=100), pct(rb["claimed"]["robust_acc"], of=100), size, hubref, e.status)
     console.print(table)
     if not entries:
         console.print(f"no cards in {default_cards_dir(cards_dir)}", highlight=False)

@@ -22,12 +22,12 @@ def info(
     list_models: Annotated[bool, typer.Option("--list-models", help="List the registered architectures.")] = False,
 ) -> None:
     """Describe a checkpoint: architecture, seed, per-layer kept counts and coding cost, digest."""
-    from .. import inspect as rb_inspect  # library imports live in the commands: --help stays torch-free
+    from .. import inspection  # library imports live in the commands: --help stays torch-free
     from ..resolve import resolve_checkpoint
     from ..zoo import resolve_remote
 
     if list_models:
-        rows = rb_inspect.model_table()
+        rows = inspection.model_table()
         if as_json:
             console.print_json(json.dumps(rows))
             return
@@ -40,7 +40,7 @@ def info(
         return
     if checkpoint is None:
         raise typer.BadParameter("give a CHECKPOINT or --list-models")
-    report = rb_inspect.describe(resolve_checkpoint(checkpoint, resolve_remote))
+    report = inspection.describe(resolve_checkpoint(checkpoint, resolve_remote))
     if as_json:
         print(json.dumps(report, indent=2))
         return
@@ -84,7 +84,7 @@ def export(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output file.")] = False,
 ) -> None:
     """Export a model: ONNX verified by onnxruntime against rbzoo's labels, or dense safetensors."""
-    from .. import inspect as rb_inspect  # library imports live in the commands: --help stays torch-free
+    from .. import inspection  # library imports live in the commands: --help stays torch-free
     from .. import onnx_export
     from ..resolve import resolve_checkpoint
     from ..zoo import resolve_remote
@@ -97,7 +97,7 @@ def export(
     if _export_format(fmt, out) == "safetensors":
         if variant != "dense" or bn != "fold" or check_n is not None:
             raise ConfigError("--variant, --bn and --check-n apply to --format onnx")
-        n = rb_inspect.export_dense(resolve_checkpoint(model, resolve_remote), out, force=force)
+        n = inspection.export_dense(resolve_checkpoint(model, resolve_remote), out, force=force)
         console.print(f"wrote {out} ({n:,} bytes)", highlight=False)
         return
     r = onnx_export.export_onnx(model, out, variant=variant, bn=bn, opset=opset, dataset=dataset, data_dir=data_dir,

@@ -2,7 +2,8 @@
 handwritten digits that ship with scikit-learn (offline quickstart).
 
 This file holds the specs (classes, sizes, normalization, default eps) and imports no torch;
-reading the data is in `loaders.py`, whose names are importable from here.
+reading the data is in `loaders.py` (torch) and `vision.py` (torchvision: CIFAR, ImageNet100), whose
+names are importable from here.
 
 Images are float tensors in [0, 1]; normalization is the model's first layer. The CIFAR
 files are pickles: every one (official or not) is read once, by a restricted unpickler that admits
@@ -62,16 +63,18 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("RBZOO_DATA", "data"))
 
 
-# Loading needs torch: those names come from .loaders on first use (PEP 562), so the specs above
-# (card validation, `rbzoo pull --list`) stay torch-free.
-_LOADERS = ("SafeCIFAR10", "SafeCIFAR100", "Subset", "get_dataset", "split_train_valid", "test_transform",
-            "train_transform")
+# Loading needs torch: those names come from .loaders (and the CIFAR classes from .vision, which
+# needs torchvision) on first use (PEP 562), so the specs above (card validation, `rbzoo pull
+# --list`) stay torch-free.
+_LAZY = {"Subset": ".loaders", "get_dataset": ".loaders", "split_train_valid": ".loaders",
+         "test_transform": ".loaders", "train_transform": ".loaders",
+         "SafeCIFAR10": ".vision", "SafeCIFAR100": ".vision"}
 
 
 def __getattr__(name: str):
-    if name not in _LOADERS:
+    if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(".loaders", __name__), name)
+    return getattr(importlib.import_module(_LAZY[name], __name__), name)
 
 
 __all__ = ["DATASETS", "DEFAULT_EPS", "dataset_metadata", "DatasetSpec", "Subset", "get_dataset", "get_spec", "split_train_valid", "train_transform", "test_transform"]
