@@ -618,7 +618,7 @@ def test_pull_of_an_imported_entry_downloads_converts_and_verifies(tiny, tmp_pat
                      "--out", str(tmp_path / "r.json")]) == 0
         r = json.loads((tmp_path / "r.json").read_text())
         assert r["clean_correct"] == correct and r["evidence"]["n"] == correct - r["robust_correct"]
-        assert main(args + ["--write-card", "--results", str(tmp_path / "r.json")]) == 0
+        assert main(args + ["--write-card", "--results", str(tmp_path / "r.json"), "--force"]) == 0
         claimed = rbzoo.cards.load_card(cards / "tiny-import.md").rb["claimed"]
         assert claimed["robust_correct"] == r["robust_correct"] and claimed["evidence_sha256"] == r["evidence"]["sha256"]
         assert (cards / "tiny-import.evidence.safetensors").is_file() and (cards / "tiny-import.results.json").is_file()
