@@ -174,6 +174,32 @@ def decode_one(x: torch.Tensor, e: Encoded) -> torch.Tensor:
     return dequantize(x.unsqueeze(0), q.unsqueeze(0), torch.tensor([e.scale], dtype=torch.float32))[0]
 
 
+def decode_many(x: torch.Tensor, items: list[Encoded]) -> torch.Tensor:
+    """The stored adversarial examples of clean images `x` (one per item): as :func:`decode_one`,
+    quantized ones dequantized in one batch."""
+    k = len(items)
+    if k == 0:
+        return x.float().clone()
+    numel = x[0].numel()
+    out = torch.empty(x.shape, dtype=torch.float32)
+    qs, scales, quantized = np.zeros((k, numel), np.int8), np.zeros(k, np.float32), np.zeros(k, bool)
+    for j, e in enumerate(items):
+        if e.level == EXACT:
+            out[j] = decode_one(x[j].cpu(), e)
+            continue
+        if not 1 <= e.level <= 127 or not np.isfinite(e.scale) or e.scale <= 0:
+            raise VerificationError(f"evidence: sample {e.position} has a bad level {e.level} or scale {e.scale}")
+        q = np.frombuffer(_inflate(e.payload, numel), dtype=np.int8)
+        if np.abs(q.astype(np.int16)).max() > e.level:
+            raise VerificationError(f"evidence: sample {e.position} has symbols beyond its level {e.level}")
+        qs[j], scales[j], quantized[j] = q, e.scale, True
+    if quantized.any():
+        sel = torch.from_numpy(quantized)
+        xq = x.cpu()[sel].float()
+        out[sel] = dequantize(xq, torch.from_numpy(qs[quantized]).view(xq.shape), torch.from_numpy(scales[quantized]))
+    return out
+
+
 # --- the evidence file ---------------------------------------------------------------------------------
 
 _ARRAYS = {"positions": np.int64, "labels": np.int64, "adv_labels": np.int64, "attack": np.uint8, "level": np.int16,
@@ -300,7 +326,7 @@ def check_breaks(model: nn.Module, clean: torch.Tensor, labels: torch.Tensor, it
     for s in range(0, k, batch_size):
         part = range(s, min(s + batch_size, k))
         x = clean[s:part.stop].float()
-        adv = torch.stack([decode_one(x[j - s].cpu(), items[j]) for j in part]).to(x.device)
+        adv = decode_many(x, items[s:part.stop]).to(x.device)
         b, bx = within_threat(x, adv, norm, eps)
         ball[s:part.stop], box[s:part.stop] = b.numpy(), bx.numpy()
         margins[s:part.stop] = adversarial_margins(model(adv), labels[s:part.stop]).cpu().numpy()

@@ -286,19 +286,25 @@ class CleanResult:
 @torch.no_grad()
 def clean_accuracy(model: nn.Module, dataset: Dataset, *, indices: Sequence[int] | None = None,
                    batch_size: int = 256, device: str | torch.device = "cpu", num_workers: int = 0,
-                   progress=None, profile: str = DEFAULT_PROFILE, margins: bool = True) -> CleanResult:
+                   progress=None, profile: str = DEFAULT_PROFILE, margins: bool = True, on_batch=None) -> CleanResult:
     """Exact clean accuracy of `model` on `dataset` (or its `indices`, in that order), under the
     numerics `profile`, recording each sample's relative top-2 margin unless `margins=False`.
 
-    `progress`, if given, is called with the number of samples done after each batch.
+    `progress`, if given, is called with the number of samples done after each batch; `on_batch`
+    with (position of the batch's first sample, images, labels), so a caller can keep some images
+    without loading them twice.
     """
     check_profile(profile)
     model = model.to(device).eval()
     preds, labels, margin_parts, classes = [], [], [], None
     digest = DataDigest()
+    done = 0
     with numerics(profile, device):
         for x, y in ordered_batches(dataset, indices, batch_size, num_workers):
             digest.update(x, y)
+            if on_batch is not None:
+                on_batch(done, x, y)
+            done += len(y)
             out = model(x.to(device, torch.float32))
             preds.append(out.argmax(1).cpu())
             if margins:

@@ -136,14 +136,20 @@ class RobustVerdict:
 
 def prove_breaks(model: nn.Module, dataset: Dataset, indices, results: dict, evidence: Evidence, cert: Certificate,
                  true_labels: np.ndarray, clean_correct_here: np.ndarray, *, profile: str, tau: float,
-                 device="cpu") -> RobustVerdict:
+                 device="cpu", images: dict | None = None) -> RobustVerdict:
     """Check every stored example against `model` and the true images (`dataset[indices[pos]]`).
-    `true_labels` and `clean_correct_here` come from this machine's clean pass of the same samples."""
+    `true_labels` and `clean_correct_here` come from this machine's clean pass of the same samples;
+    `images` ({position: (image, label)}), the images that pass kept, saves loading them again."""
     attack = results.get("attack") or {}
     n = results["n_examples"]
     broken = check_consistency(results, evidence, cert, true_labels)
-    items = [evidence.by_position()[int(p)] for p in broken]
-    x, y = _images(dataset, indices, broken)
+    stored = evidence.by_position()
+    items = [stored[int(p)] for p in broken]
+    if images is not None and all(int(p) in images for p in broken):
+        x = torch.stack([images[int(p)][0] for p in broken]).float() if len(broken) else torch.zeros(0)
+        y = torch.tensor([int(images[int(p)][1]) for p in broken], dtype=torch.int64)
+    else:
+        x, y = _images(dataset, indices, broken)
     with numerics(profile, device):
         chk: BreakCheck = check_breaks(model, x.to(device), y.to(device), items, norm=attack["norm"], eps=float(attack["eps"]),
                                        tau=tau)

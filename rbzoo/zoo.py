@@ -388,11 +388,20 @@ def _verify(f: _Fetched, out: PullResult, ck, *, data_dir, device: str, numerics
         model = build(ck, device)
     except RbzooError as e:
         raise VerificationError(f"{label}: the published {f.path.name} does not build: {e}") from None
+    wanted = set(keep.get("positions", ())) if keep is not None else set()
+    kept_images: dict = {}
+
+    def on_batch(start: int, x, y) -> None:  # the images of the published breaks, for --robust
+        for j in range(len(y)):
+            if start + j in wanted:
+                kept_images[start + j] = (x[j], y[j])
+
     clean = clean_accuracy(model, ds, indices=indices, device=device, profile=numerics,
-                           progress=progress(f"verifying {card.name}", total) if progress else None)
+                           progress=progress(f"verifying {card.name}", total) if progress else None,
+                           on_batch=on_batch if wanted else None)
     new = Certificate.of(clean)
     if keep is not None:  # what a robust check goes on with
-        keep.update(model=model, dataset=ds, clean=clean, record=None)
+        keep.update(model=model, dataset=ds, clean=clean, record=None, images=kept_images)
     verdict, what = _judge(f, label, ck, clean, new, strict)
     message = f"{verdict.message()} (against {what})"
     record = {**base, "clean_correct": clean.clean_correct, "n_examples": clean.n_examples,
@@ -424,6 +433,19 @@ def _verify(f: _Fetched, out: PullResult, ck, *, data_dir, device: str, numerics
     out.status, out.verdict, out.message = status, verdict.status, message
     out.clean_correct, out.n_examples = clean.clean_correct, clean.n_examples
     return out
+
+
+def _evidence_positions(f: _Fetched) -> list[int]:
+    """The positions the published evidence holds (read bounded), or none if it is unreadable: the
+    robust check then names what is wrong."""
+    if f.evidence is None:
+        return []
+    try:
+        spec = get_spec(f.card.dataset)
+        ev = read_evidence(f.evidence, n_examples=f.card.expected["n_examples"], numel=spec.channels * spec.image_size ** 2)
+    except RbzooError:
+        return []
+    return [e.position for e in ev.items]
 
 
 def _verify_robust(f: _Fetched, out: PullResult, keep: dict, *, device: str, numerics: str, spot, spot_seed: int) -> None:
@@ -459,7 +481,7 @@ def _verify_robust(f: _Fetched, out: PullResult, keep: dict, *, device: str, num
     idx = np.arange(clean.n_examples)
     try:
         verdict = prove_breaks(keep["model"], ds, idx, res, evidence, cert, clean.labels, clean.correct_mask,
-                               profile=numerics, tau=tau, device=device)
+                               profile=numerics, tau=tau, device=device, images=keep.get("images"))
         if spot is not None:
             verdict.spot = spot_check(keep["model"], ds, idx, res, evidence, cert, k=None if spot == "all" else int(spot),
                                       seed=spot_seed, profile=numerics, tau=tau, device=device)
@@ -563,7 +585,7 @@ def pull(spec: str, *, data_dir: str | Path | None = None, verify: bool = True, 
     if write_card and f.unpinned:
         raise ConfigError(f"{label}: --write-card would pin whatever {source} is; give the card a source_sha256 "
                           f"or download the official file first")
-    keep: dict = {}
+    keep: dict = {"positions": _evidence_positions(f) if robust else ()}
     out = _verify(f, out, ck, data_dir=data_dir, device=device, numerics=numerics, strict=strict,
                   progress=progress, base=base, keep=keep)
     if robust:

@@ -15,7 +15,7 @@ import rbzoo.data
 from rbzoo.attacks import pgd
 from rbzoo.errors import VerificationError
 from rbzoo.evaluate import EvalConfig, run_eval
-from rbzoo.evidence import (EXACT, LEVELS, Encoded, Evidence, adversarial_margins, check_breaks, decode_one,
+from rbzoo.evidence import (EXACT, LEVELS, Encoded, Evidence, adversarial_margins, check_breaks, decode_many, decode_one,
                             encode_breaks, read_evidence)
 from rbzoo.verdict import TAU
 
@@ -88,6 +88,9 @@ def test_encode_levels_exact_fallback_and_file_round_trip():
     raw = (x[0] * 0.5).numpy().astype("<f4").tobytes()
     sat.payload = _deflate(raw)
     assert torch.equal(decode_one(x[0], sat), x[0] * 0.5)
+    both = [sat] + enc  # the batch decoder gives the same bytes as one at a time, exact examples included
+    xs = torch.stack([x[0]] + [x[i] for i in broken.tolist()])
+    assert torch.equal(decode_many(xs, both), torch.stack([decode_one(xi, e) for xi, e in zip(xs, both)]))
 
     ev = Evidence(enc + [sat], {"norm": "Linf", "eps": eps, "attacks": ["pgd"], "shape": [3, 4, 4]})
     data = ev.to_bytes()
