@@ -10,6 +10,9 @@
 #                   (rbzoo.verdict: verify/fast(TF32)/bf16 profiles on the GPU vs verify on the CPU;
 #                   each must be exact or within its near-tie tolerance), and eval_aa's labels vs CPU
 #   6. torchrun     a 1-process `torchrun ... -m rbzoo train` (NCCL process group)
+#   7. aa_bench     AutoAttack (APGD-CE + APGD-T) on a cifar_resnet18: plain pyautoattack (PyTorch's
+#                   default numerics) vs `rbzoo eval`'s attack path (evidence kept) under --numerics
+#                   verify and fast; wall time, interleaved (bench/bench_evidence.py's runners)
 #
 # Usage (from anywhere):   bench/gpu_check.sh [--dry-run] [WORKDIR]
 #   --dry-run   run every step on the CPU with tiny sizes (gloo instead of NCCL): checks the
@@ -28,7 +31,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's rbzoo, wh
 if (( DRY )); then
     DEV=cpu; ARCH=(--arch tiny_resnet --keep 0.5); N_TRAIN=200; N_TEST=40; BATCH=32; BENCH=(tiny_resnet 2 1)
     SLOW=4  # CPU time limits: bf16 convolutions are slow on CPUs without bf16 units
-    AA=(--n-examples 10 --version custom --attacks apgd-ce --n-iter 5); EVAL_N=10
+    AA=(--n-examples 10 --version custom --attacks apgd-ce --n-iter 5); EVAL_N=10; AAB=(4 2 1)
 else
     if ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
         echo "gpu_check: CUDA is not available here ($("$PY" -c 'import torch; print("torch", torch.__version__)' 2>&1 | tail -1));" \
@@ -36,7 +39,7 @@ else
         exit 2
     fi
     DEV=cuda; SLOW=1; ARCH=(); N_TRAIN=2000; N_TEST=500; BATCH=128; BENCH=(cifar_resnet18 128 10)
-    AA=(--n-examples 100); EVAL_N=100
+    AA=(--n-examples 100); EVAL_N=100; AAB=(500 50 3)
 fi
 
 SUMMARY="$W/summary.tsv"
@@ -157,6 +160,43 @@ open(result, "w").write(f"{dev} vs cpu ({ref.n} images): {', '.join(parts)}; eva
 sys.exit(0 if ok else 1)
 EOF
 
+cat > "$W/aa_bench.py" <<'EOF'
+"""AutoAttack time: plain pyautoattack vs rbzoo's attack path under the verify and fast profiles."""
+import statistics, sys, tempfile, time
+from pathlib import Path
+import numpy as np
+import torch
+sys.path.insert(0, "bench")
+from bench_evidence import cifar_model, run_plain, run_rbzoo
+from rbzoo.robust import make_attack_spec
+
+n, n_iter, reps, dev, result = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+model, ds, eps = cifar_model(n, dev)
+idx = np.arange(n)
+sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
+tmp = Path(tempfile.mkdtemp())
+
+def spec(profile):
+    return make_attack_spec(eps=eps, version="custom", attacks=["apgd-ce", "apgd-t"], n_iter=n_iter, n_restarts=1,
+                            chunk_size=n, numerics=profile)
+
+runs = {"plain": lambda: run_plain(model, ds, idx, spec("verify"), dev)}
+for profile in ("verify", "fast"):
+    runs[profile] = lambda p=profile: run_rbzoo(model, ds, idx, spec(p), tmp / p, dev)
+times = {k: [] for k in runs}
+for k in runs:
+    runs[k]()  # warm-up
+for r in range(reps):
+    for k in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
+        sync(); t = time.perf_counter(); runs[k](); sync()
+        times[k].append(time.perf_counter() - t)
+med = {k: statistics.median(v) for k, v in times.items()}
+for k, v in med.items():
+    print(f"{k:6s} {v:8.2f} s  ({v / med['plain']:.2f}x plain)")
+open(result, "w").write(f"AutoAttack {n} pts n_iter {n_iter}: plain {med['plain']:.1f} s; rbzoo verify "
+                        f"{med['verify'] / med['plain']:.2f}x, fast {med['fast'] / med['plain']:.2f}x\n")
+EOF
+
 step train_bench 150 "$PY" "$W/train_bench.py" "${BENCH[@]}" "$DEV" "$W/train_bench.result"
 step data 30 "$PY" -c 'import sys; sys.path.insert(0, "tests"); from datagen import write_cifar10
 write_cifar10(sys.argv[1], n_train=int(sys.argv[2]), n_test=int(sys.argv[3])); print("cifar10-format", sys.argv[2], "train /", sys.argv[3], "test")' \
@@ -173,6 +213,7 @@ EOF
 step cross 90 "$PY" "$W/cross.py" "$W/run/best.safetensors" "$W/data" "$DEV" "$W/eval_aa.json" "$W/cross.result"
 step torchrun 120 "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 -m rbzoo train -c rn18-cifar10-pgd "${ARCH[@]}" \
     -o "$W/run_ddp" --data-dir "$W/data" --device "$DEV" --epochs 1 --batch-size "$BATCH" --test-subset "$N_TEST" --force
+step aa_bench 150 "$PY" "$W/aa_bench.py" "${AAB[@]}" "$DEV" "$W/aa_bench.result"
 
 echo
 "$PY" -c 'import torch; print("torch", torch.__version__, "| cuda", torch.version.cuda, "|",

@@ -32,7 +32,9 @@ RBZOO_KEYS = ("name", "repo_id", "revision", "checkpoint", "checkpoint_sha256", 
 # when published, the verification certificate (per-sample labels and top-2 margins, docs/numerics.md)
 # with the numerics profile it was made under. Without a certificate a pull can compare counts only.
 EXPECTED_KEYS = ("n_examples", "clean_correct", "predictions_sha256", "data_sha256", "certificate_sha256", "profile")
-CLAIMED_KEYS = ("clean_acc", "robust_acc")
+CLAIMED_KEYS = ("clean_acc", "robust_acc", "robust_correct", "evidence_sha256")
+# `claimed.robust_correct` and `claimed.evidence_sha256` (optional) pin the evidence of a robust claim:
+# the published `evidence.safetensors` holding the adversarial input of every broken sample.
 # Optional `rbzoo` fields: `config`, the shipped training config that reproduces the entry (`rbzoo
 # reproduce`); `kind`, "model" (the default) or "reference" (numbers to reproduce, no published
 # file); `reproduction`, the summary of a reproduction report carried by `rbzoo push --reproduction`.
@@ -316,6 +318,11 @@ def _check_result_fields(f: _Fields, g) -> tuple[float, float | None]:
     if not _close(clean, 100.0 * correct / n):
         f.fail("rbzoo.claimed.clean_acc", f"is {clean} but rbzoo.expected gives {100.0 * correct / n:.4f} "
                                           f"({correct}/{n})")
+    rc = f.integer(claimed.get("robust_correct"), f"{fld}.robust_correct", lo=0, hi=correct, nullable=True)
+    ev = f.string(claimed.get("evidence_sha256"), f"{fld}.evidence_sha256", pattern=HEX64, what="a 64-hex SHA-256",
+                  nullable=True)
+    if (rc is None) != (ev is None) or (rc is not None and (robust is None or not _close(robust, 100.0 * rc / n))):
+        f.fail(f"{fld}.robust_correct", f"must come with evidence_sha256 and agree with robust_acc ({rc}/{n} vs {robust})")
     return clean, robust
 
 
@@ -497,8 +504,10 @@ def _card_rows(meta: dict, spec: str) -> list[tuple[str, str]]:
     rargs = next((m.get("args") for m in meta["model-index"][0]["results"][0]["metrics"]
                   if m["type"] == "robust_accuracy"), None)
     if claimed.get("robust_acc") is not None and rargs:
+        how = (f"an upper bound `rbzoo pull {spec} --robust` proves from the published adversarial example of every "
+               f"break" if claimed.get("evidence_sha256") else "claimed; attacks are randomized, expect small differences")
         rows.append((f"robust accuracy ({attack_label(rargs)}, {rargs['norm']}, ε = {eps_label(rargs['eps'])})",
-                     f"{claimed['robust_acc']:.2f} % (claimed; attacks are randomized, expect small differences)"))
+                     f"{claimed['robust_acc']:.2f} % ({how})"))
     else:
         rows.append(("robust accuracy", f"not measured yet (`rbzoo eval {spec}` at ε = {eps_label(rb['eps'])})"))
     if rb.get("reproduction"):

@@ -125,7 +125,7 @@ SUBSETS = ("first", "random")  # which N examples an evaluation takes
 ONNX_VARIANTS = ("dense", "int8", "sparse")
 ONNX_BN_MODES = ("fold", "explicit")
 LINK_MODES = ("copy", "hard", "sym")  # how `rbzoo data imagenet100` places the files
-PLOT_KINDS = ("layers", "structure", "curves", "attack", "zoo", "compare")
+PLOT_KINDS = ("layers", "structure", "curves", "attack", "zoo", "compare", "breaks")
 
 
 def choose(what: str, value: str, names: tuple[str, ...]) -> str:

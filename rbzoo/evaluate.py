@@ -22,28 +22,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._io import check_output, file_sha256, write_json
+from ._io import check_output, file_sha256, write_bytes, write_json
 from .checkpoint import build, checkpoint_dataset, read
 from .data import DEFAULT_EPS, get_dataset, get_spec
 from .constants import NORMS, SUBSETS, choose, rbzoo_home
 from .distributed import resolve_device
 from .errors import ConfigError, DataError
-from .exact import check_profile, clean_accuracy, indices_digest, pack_flags, wilson_interval
+from .evidence import CODEC as EVIDENCE_CODEC
+from .evidence import FORMAT as EVIDENCE_FORMAT
+from .evidence import Evidence
+from .exact import check_profile, clean_accuracy, indices_digest, pack_flags, select_indices, wilson_interval
 from .resolve import Resolver, resolve_checkpoint
 from .robust import make_attack_spec, open_state, process_group, robust_evaluation, shard_from_env
 from .verdict import Certificate
-
-
-def select_indices(total: int, n_examples: int | None = None, mode: str = "first", seed: int = 0) -> np.ndarray:
-    """The evaluated dataset indices, in dataset order: the first N, or a seeded random N."""
-    if mode not in SUBSETS:
-        raise ConfigError(f"unknown subset mode {mode!r}; choose from {', '.join(SUBSETS)}")
-    n = total if n_examples is None else int(n_examples)
-    if not 1 <= n <= total:
-        raise ConfigError(f"--n-examples {n} out of range: the split has {total} examples")
-    if mode == "first":
-        return np.arange(n, dtype=np.int64)
-    return np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False)).astype(np.int64)
 
 
 def package_versions() -> dict[str, str]:
@@ -101,7 +92,7 @@ class EvalConfig:
     out: str | os.PathLike | None = None
     state: str | os.PathLike | None = None
     fresh: bool = False
-    numerics: str = "verify"  # rbzoo.exact profile of the clean pass: verify | fast | bf16
+    numerics: str = "verify"  # rbzoo.exact profile of the clean pass and the attack: verify | fast | bf16
     force: bool = False  # replace an existing --out
 
 
@@ -129,7 +120,8 @@ def _check_config(config: EvalConfig, ckpt, path: Path):
         attack = make_attack_spec(norm=norm, eps=eps, version=config.version, attacks=config.attacks,
                                   seed=config.seed, chunk_size=config.chunk_size, n_iter=config.n_iter,
                                   n_restarts=config.n_restarts, n_queries=config.n_queries, pgd_steps=config.pgd_steps,
-                                  pgd_alpha=config.alpha, input_numel=spec.channels * spec.image_size ** 2)
+                                  pgd_alpha=config.alpha, input_numel=spec.channels * spec.image_size ** 2,
+                                  numerics=config.numerics)
     if config.batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {config.batch_size}")
     out = Path(config.out) if config.out is not None else None
@@ -137,7 +129,14 @@ def _check_config(config: EvalConfig, ckpt, path: Path):
         raise ConfigError(f"--out {out} is a folder; give a file name such as results.json")
     if out is not None:  # checked before any work: a finished evaluation's results are not replaced silently
         check_output(out, inputs=(path,), force=config.force, kind="--out")
+        if attack is not None:
+            check_output(evidence_path(out), inputs=(path,), force=config.force, kind="evidence file")
     return name, recorded, attack, out
+
+
+def evidence_path(out: Path) -> Path:
+    """Where the evidence of results file `out` goes: `<stem>.evidence.safetensors` beside it."""
+    return out.with_name(f"{out.stem}.evidence.safetensors")
 
 
 def run_eval(config: EvalConfig, *, progress: Callable[[str, int, int], None] | None = None,
@@ -179,7 +178,7 @@ def run_eval(config: EvalConfig, *, progress: Callable[[str, int, int], None] | 
                 "dataset": name, "split": config.split, "data_sha256": clean.data_sha256,
                 "n_examples": clean.n_examples, "indices_sha256": indices_digest(indices),
                 "predictions_sha256": clean.predictions_sha256, **attack.as_dict(),
-                "pyautoattack": package_versions()["pyautoattack"],
+                "pyautoattack": package_versions()["pyautoattack"], "evidence": EVIDENCE_FORMAT,
             }
             state_dir = Path(config.state) if config.state is not None else default_state_dir(fingerprint)
             state = open_state(state_dir, fingerprint, shard, fresh=config.fresh)
@@ -188,6 +187,17 @@ def run_eval(config: EvalConfig, *, progress: Callable[[str, int, int], None] | 
         if not shard.is_main:
             return None
     results = _results(config, ckpt, path, name, len(dataset), indices, clean, robust, attack, warns, device, shard)
+    if robust is not None:
+        data = Evidence(robust.evidence, {
+            "norm": attack.norm, "eps": attack.eps, "attacks": list(attack.attacks), "numerics": attack.numerics,
+            "shape": list(dataset[int(indices[0])][0].shape), "model_digest": ckpt.digest, "dataset": name,
+            "n_examples": clean.n_examples, "indices_sha256": indices_digest(indices),
+            "data_sha256": clean.data_sha256}).to_bytes()
+        ev_path = evidence_path(out) if out is not None else state_dir / "evidence.safetensors"
+        write_bytes(ev_path, data)
+        results["evidence"] = {"file": ev_path.name if out is not None else str(ev_path),
+                               "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
+                               "n": len(robust.evidence), "codec": EVIDENCE_CODEC}
     results.update(state_dir=str(state_dir) if state_dir else None, wall_s=round(time.perf_counter() - t0, 3))
     if out is not None:
         write_json(out, results)
@@ -225,6 +235,7 @@ def _results(config: EvalConfig, ckpt, path: Path, name: str, split_size: int, i
         "wilson95": ({"clean": wilson_interval(clean.clean_correct, n),
                       "robust": wilson_interval(robust.robust_correct, n) if robust else None} if subset_used else None),
         "robust_flags": pack_flags(robust.flags) if robust else None,
+        "evidence": None,  # set by run_eval: {file, sha256, bytes, n, codec} of the stored breaks
         "warnings": warns + (robust.warnings if robust else []),
         "versions": package_versions(),
         "device": describe_device(device),

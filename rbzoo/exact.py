@@ -24,7 +24,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .codec import pack_bits
-from .constants import NUMERICS_PROFILES
+from .constants import NUMERICS_PROFILES, SUBSETS
 from .errors import ConfigError
 
 # --- numerics profiles ---------------------------------------------------------------------------
@@ -122,6 +122,18 @@ def tf32_emulated(model: nn.Module):
 def predictions_digest(predictions: np.ndarray) -> str:
     """SHA-256 of the predicted labels in dataset order, as little-endian int32."""
     return hashlib.sha256(np.asarray(predictions, dtype="<i4").tobytes()).hexdigest()
+
+
+def select_indices(total: int, n_examples: int | None = None, mode: str = "first", seed: int = 0) -> np.ndarray:
+    """The evaluated dataset indices, in dataset order: the first N, or a seeded random N."""
+    if mode not in SUBSETS:
+        raise ConfigError(f"unknown subset mode {mode!r}; choose from {', '.join(SUBSETS)}")
+    n = total if n_examples is None else int(n_examples)
+    if not 1 <= n <= total:
+        raise ConfigError(f"--n-examples {n} out of range: the split has {total} examples")
+    if mode == "first":
+        return np.arange(n, dtype=np.int64)
+    return np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False)).astype(np.int64)
 
 
 def indices_digest(indices: np.ndarray) -> str:
@@ -274,19 +286,25 @@ class CleanResult:
 @torch.no_grad()
 def clean_accuracy(model: nn.Module, dataset: Dataset, *, indices: Sequence[int] | None = None,
                    batch_size: int = 256, device: str | torch.device = "cpu", num_workers: int = 0,
-                   progress=None, profile: str = DEFAULT_PROFILE, margins: bool = True) -> CleanResult:
+                   progress=None, profile: str = DEFAULT_PROFILE, margins: bool = True, on_batch=None) -> CleanResult:
     """Exact clean accuracy of `model` on `dataset` (or its `indices`, in that order), under the
     numerics `profile`, recording each sample's relative top-2 margin unless `margins=False`.
 
-    `progress`, if given, is called with the number of samples done after each batch.
+    `progress`, if given, is called with the number of samples done after each batch; `on_batch`
+    with (position of the batch's first sample, images, labels), so a caller can keep some images
+    without loading them twice.
     """
     check_profile(profile)
     model = model.to(device).eval()
     preds, labels, margin_parts, classes = [], [], [], None
     digest = DataDigest()
+    done = 0
     with numerics(profile, device):
         for x, y in ordered_batches(dataset, indices, batch_size, num_workers):
             digest.update(x, y)
+            if on_batch is not None:
+                on_batch(done, x, y)
+            done += len(y)
             out = model(x.to(device, torch.float32))
             preds.append(out.argmax(1).cpu())
             if margins:

@@ -662,3 +662,57 @@ def compare_data(a: Checkpoint | str | os.PathLike, b: Checkpoint | str | os.Pat
         "seed_a": ca.seed, "seed_b": cb.seed, "digest_a": ca.digest, "digest_b": cb.digest,
         "layers": rows, "total": {"intersection": inter, "union": union, "jaccard": 1.0 if union == 0 else inter / union},
     }
+
+
+# --------------------------------------------------------------------------------------------
+# breaks: stored adversarial examples beside their clean images
+
+
+def results_evidence(results_path: str | os.PathLike, r: dict):
+    """The evidence file a results file names, checked against its SHA-256 and read (bounded)."""
+    import hashlib
+
+    from .evidence import read_evidence
+
+    ev = r.get("evidence")
+    if not isinstance(ev, dict) or not isinstance(ev.get("file"), str):
+        raise DataError(f"{results_path}: the results name no evidence file (made before rbzoo kept evidence, "
+                        f"or clean only); rerun `rbzoo eval`")
+    path = Path(results_path).parent / ev["file"]
+    if not path.is_file():
+        raise DataError(f"{results_path}: its evidence file {path} is missing")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != ev.get("sha256"):
+        raise DataError(f"{path}: SHA-256 differs from the one {results_path} records")
+    from .data import get_spec
+
+    spec = get_spec(r.get("dataset"))
+    return read_evidence(data, n_examples=int(r.get("n_examples") or 0), numel=spec.channels * spec.image_size ** 2)
+
+
+def breaks_data(results: str | os.PathLike, data_dir=None, count: int = 6) -> tuple[dict, list]:
+    """The first `count` stored breaks of a results file: (numbers, [(clean, adversarial) images
+    as H×W×C arrays]). The clean images come from the test data (`data_dir`)."""
+    from .data import get_dataset
+    from .evidence import decode_one
+    from .exact import indices_digest, select_indices
+
+    r = read_results(results)
+    ev = results_evidence(results, r)
+    ds = get_dataset(r["dataset"], r.get("split", "test"), data_dir)
+    sub = r.get("subset") or {}
+    idx = select_indices(len(ds), r["n_examples"], sub.get("mode") or "first", sub.get("seed") or 0)
+    if indices_digest(idx) != r.get("indices_sha256"):
+        raise DataError(f"{results}: the evaluated indices do not match this copy of {r['dataset']}")
+    rows, images = [], []
+    for e in ev.items[:count]:
+        x, y = ds[int(idx[e.position])]
+        adv = decode_one(x.float(), e)
+        images.append((x.permute(1, 2, 0).numpy(), adv.permute(1, 2, 0).numpy()))
+        d = (adv - x).flatten()
+        rows.append({"position": e.position, "index": int(idx[e.position]), "label": int(y), "adv_label": e.adv_label,
+                     "attack": e.attack, "linf": float(d.abs().max()), "l2": float(d.norm())})
+    attack = r.get("attack") or {}
+    return {"kind": "breaks", "source": str(results), "dataset": r["dataset"], "n_examples": r["n_examples"],
+            "n_breaks": len(ev.items), "norm": attack.get("norm"), "eps": attack.get("eps"),
+            "eps_label": eps_label(attack.get("eps")), "attack_label": attack_label(attack), "breaks": rows}, images

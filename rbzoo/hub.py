@@ -34,15 +34,18 @@ from .constants import hf_cache_dir, hf_endpoint, hf_offline, hf_token
 from .data import DEFAULT_EPS, get_dataset, get_spec
 from .errors import CheckpointError, ConfigError, DataError, HubError, RbzooError, VerificationError
 from .exact import clean_accuracy
+from .evidence import read_evidence
 from .inspection import describe
 from .reproduction import for_card as reproduction_for_card
 from .resolve import RUN_FOLDER_FILES
+from .robust_check import check_consistency
 from .verdict import Certificate, check_claims, compare
 
 CARD_FILE = "README.md"
 CHECKPOINT_FILE = "model.safetensors"
 RESULTS_FILE = "results.json"
 REPRODUCTION_FILE = "reproduction.json"  # with `push --reproduction`: the report the card's row summarizes
+EVIDENCE_FILE = "evidence.safetensors"  # the adversarial input of every broken sample (rbzoo.evidence)
 
 # `progress(description, total)` returns a callback taking the number of items just done.
 Progress = Callable[[str, int], Callable[[int], None]]
@@ -190,6 +193,31 @@ def _check_results(res, src: str, digest: str, dataset: str | None) -> Certifica
     if cert.n != n or cert.labels_sha256 != res["predictions_sha256"]:
         bad("certificate", "does not match n_examples / predictions_sha256")
     return cert
+
+
+def robust_evidence(res: dict, res_path: Path | None, cert: Certificate, dataset: str) -> bytes | None:
+    """The evidence file a robust claim stands on, checked (SHA-256, format, counts against the
+    flags); None for results without a robust claim. A robust claim without evidence is refused."""
+    if res.get("robust_acc") is None:
+        return None
+    src = str(res_path)
+    ev = res.get("evidence")
+    if res_path is None or not isinstance(ev, dict) or not isinstance(ev.get("file"), str):
+        raise ConfigError(f"{src}: claims a robust accuracy but names no evidence file (results made before rbzoo kept "
+                          f"the adversarial examples); rerun `rbzoo eval`")
+    path = res_path.parent / Path(ev["file"]).name if not Path(ev["file"]).is_absolute() else Path(ev["file"])
+    if not path.is_file():
+        raise ConfigError(f"{src}: its evidence file {path} is missing")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != ev.get("sha256"):
+        raise ConfigError(f"{path}: SHA-256 differs from the one {src} records")
+    spec = get_spec(dataset)
+    try:
+        evidence = read_evidence(data, n_examples=res["n_examples"], numel=spec.channels * spec.image_size ** 2)
+        check_consistency(res, evidence, cert)
+    except VerificationError as e:
+        raise ConfigError(f"{src}: refusing to publish an inconsistent robust claim: {e}") from None
+    return data
 
 
 def _results_from_clean(clean, cert: Certificate, ck: Checkpoint, sha: str, dataset: str, device: str, wall: float) -> dict:
@@ -343,7 +371,11 @@ def push(checkpoint: str | Path, repo_id: str | None = None, *, results: str | P
         raise ConfigError(f"{name!r} is not a valid zoo name ([a-z0-9._-], starting with a letter or digit)")
     local_path = default_cards_dir(cards_dir) / f"{name}.md"
     base = load_card(local_path) if local_path.is_file() else None
+    evidence = robust_evidence(res, res_path, cert, dataset)
     rb, rargs, license = _card_block(ck, data, sha, res, cert, name, repo_id, dataset, describe(ckpt)["totals"]["float32_bytes"], base)
+    if evidence is not None:  # the card pins the evidence of its robust claim
+        rb["claimed"].update(robust_correct=res["robust_correct"], evidence_sha256=hashlib.sha256(evidence).hexdigest())
+        res = dict(res, evidence=dict(res["evidence"], file=EVIDENCE_FILE))
     if base is not None and base.config:  # the entry's training config outlives a re-push under its name
         rb["config"] = base.config
     extra = {}
@@ -356,6 +388,8 @@ def push(checkpoint: str | Path, repo_id: str | None = None, *, results: str | P
     res = dict(res, model={**(res.get("model") or {}), "path": CHECKPOINT_FILE, "file_sha256": sha})
     files = {CHECKPOINT_FILE: data, RESULTS_FILE: (json.dumps(res, indent=2) + "\n").encode(),
              CARD_FILE: card.render().encode("utf-8"), **extra}
+    if evidence is not None:
+        files[EVIDENCE_FILE] = evidence
     if to is not None:
         _write_folder(Path(to), files, inputs=(ckpt, res_path, reproduction), force=force)
         return PushResult(card, repo_id, folder=Path(to), evaluated=evaluated)
@@ -409,6 +443,7 @@ class HubFiles:
     commit: str
     server_sha256: str | None  # the checkpoint's LFS SHA-256 as the server states it
     purge: Callable[[], None]
+    evidence: bytes | None = None  # evidence.safetensors, when the card pins one
 
 
 def _purge_cached(path: Path) -> None:
@@ -475,6 +510,7 @@ def fetch_hub(repo: str, rev: str, *, endpoint: str | None = None, token: str | 
         etag = (metadata(fname, commit).etag or "").strip('"').lower()
         server_sha = etag if HEX64.match(etag) else None
     results_path = download(RESULTS_FILE, commit, optional=True)
+    evidence_path = download(EVIDENCE_FILE, commit, optional=True) if card.rb["claimed"].get("evidence_sha256") else None
     path = download(fname, commit)
     results = None
     if results_path is not None:
@@ -482,7 +518,8 @@ def fetch_hub(repo: str, rev: str, *, endpoint: str | None = None, token: str | 
             results = json.loads(results_path.read_text("utf-8"))
         except (OSError, ValueError) as e:  # a published file that fails a check: exit 3, named
             raise VerificationError(f"{repo}@{commit[:12]}: the published {RESULTS_FILE} is not valid JSON ({e})") from None
-    return HubFiles(card, path, results, commit, server_sha, lambda: _purge_cached(path))
+    evidence = evidence_path.read_bytes() if evidence_path is not None else None
+    return HubFiles(card, path, results, commit, server_sha, lambda: _purge_cached(path), evidence)
 
 
-__all__ = ["CARD_FILE", "CHECKPOINT_FILE", "RESULTS_FILE", "HubFiles", "PushResult", "fetch_hub", "push"]
+__all__ = ["CARD_FILE", "CHECKPOINT_FILE", "EVIDENCE_FILE", "RESULTS_FILE", "HubFiles", "PushResult", "fetch_hub", "push"]

@@ -432,6 +432,45 @@ def plot_attack(results, out, *, data_out=None) -> dict:
     return _save(draw_attack(data), out, data, data_out)
 
 
+def draw_breaks(data: dict, images: list) -> Figure:
+    """Each stored break as a column: the clean image above, the adversarial example below."""
+    k = max(len(images), 1)
+    with matplotlib.rc_context(STYLE):
+        fig = _figure(max(1.6 * k, 4.0), 4.2)
+        axes = np.atleast_2d(fig.subplots(2, k, squeeze=False))
+        for j in range(k):
+            for i in range(2):
+                ax = axes[i, j]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                ax.grid(False)
+                if j >= len(images):
+                    ax.set_axis_off()
+                    continue
+                img = images[j][i]
+                ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None,
+                          vmin=0, vmax=1, interpolation="nearest")
+                row = data["breaks"][j]
+                ax.set_title(f"#{row['index']}: label {row['label']}" if i == 0 else
+                             f"{row['attack']}: → {row['adv_label']}", fontsize=8,
+                             color=OKABE_ITO["black"] if i == 0 else OKABE_ITO["vermillion"])
+        axes[0, 0].set_ylabel("clean")
+        axes[1, 0].set_ylabel("adversarial")
+        fig.suptitle(f"{data['n_breaks']} stored breaks of {data['n_examples']} {data['dataset']} samples "
+                     f"({data['attack_label']}, {data.get('norm') or 'Linf'} ε = {data['eps_label']}); "
+                     f"first {len(images)}", fontsize=10)
+    return fig
+
+
+def plot_breaks(results, out, *, data_dir=None, data_out=None, count: int = 6) -> dict:
+    """Stored adversarial examples beside their clean images, from a results JSON and its evidence."""
+    image_format(out)
+    data, images = F.breaks_data(results, data_dir, count)
+    if not images:
+        raise ConfigError(f"{results}: the attack broke no sample: nothing to show")
+    return _save(draw_breaks(data, images), out, data, data_out)
+
+
 def plot_zoo(inputs: Sequence, out, *, data_out=None) -> dict:
     """Robust accuracy vs checkpoint size for cards and results files, with Pareto fronts."""
     image_format(out)
@@ -448,14 +487,14 @@ def plot_compare(a, b, out, *, data_out=None) -> dict:
 
 def plot(kind: str, inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *, data_out=None,
          layers: Sequence[str] | None = None, ps: Sequence[float] | str | None = None, trials: int = 100,
-         seed: int = 0, force: bool = False) -> dict:
+         seed: int = 0, force: bool = False, data_dir=None) -> dict:
     """Dispatch for `rbzoo plot KIND INPUT… --out FILE`. The image (and `data_out`) follow the
     writer rule: never over an input, an existing file only with `force`."""
     inputs = list(inputs)
     check_output(out, inputs=tuple(inputs), force=force, kind="--out")
     if data_out is not None:
         check_output(data_out, inputs=tuple(inputs), force=force, kind="--data")
-    arity = {"layers": 1, "structure": 1, "curves": 1, "attack": 1, "compare": 2}
+    arity = {"layers": 1, "structure": 1, "curves": 1, "attack": 1, "compare": 2, "breaks": 1}
     if kind not in KINDS:
         raise ConfigError(f"unknown plot kind {kind!r}; choose from {', '.join(KINDS)}")
     if kind in arity and len(inputs) != arity[kind]:
@@ -474,6 +513,8 @@ def plot(kind: str, inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
         return plot_curves(inputs[0], out, data_out=data_out)
     if kind == "attack":
         return plot_attack(inputs[0], out, data_out=data_out)
+    if kind == "breaks":
+        return plot_breaks(inputs[0], out, data_dir=data_dir, data_out=data_out)
     if kind == "zoo":
         return plot_zoo(inputs, out, data_out=data_out)
     return plot_compare(inputs[0], inputs[1], out, data_out=data_out)

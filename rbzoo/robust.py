@@ -6,9 +6,14 @@ still robust, so its flags depend on nothing but (model, data, chunk, seed): the
 same interrupted or not, on one process or sharded. This is exactly what
 ``pyautoattack.AutoAttack(..., seed=chunk_seed(seed, i)).run_standard_evaluation(x, y,
 batch_size=len(x))`` computes on the chunk's clean-correct points (every attack reseeds the
-global generator with the same seed at the start of each batch).
+global generator with the same seed at the start of each batch); pyautoattack's defense checks run
+once per chunk, before its first attack.
 
-After every attack on a chunk, the chunk's robust flags and finished attacks are written
+Every point an attack breaks keeps its adversarial input as evidence (:mod:`rbzoo.evidence`:
+quantized, re-checked, compressed), saved with the chunk, so resumed and sharded runs give the same
+evidence byte for byte. The attack runs under the spec's numerics profile (`verify` by default).
+
+After every attack on a chunk, the chunk's robust flags, evidence and finished attacks are written
 atomically to `STATE/chunk-NNNNNN.json`; `STATE/fingerprint.json` pins what the state belongs to
 (model, data, indices, norm, eps, version, attacks, seed, chunk size, ...), and a resume with
 anything different is refused. pyautoattack's own `state_path` is not used: it cannot reload the
@@ -46,7 +51,8 @@ from .config import check_eps, parse_eps  # noqa: F401 (torch-free: the CLI chec
 from .constants import NORMS, choose
 from .attacks import pgd
 from .errors import ConfigError, EvalStateError
-from .exact import ordered_batches, pack_flags, pinned_numerics, unpack_flags
+from .evidence import Encoded, encode_breaks
+from .exact import check_profile, numerics, ordered_batches, pack_flags, unpack_flags
 
 VERSION_ATTACKS = {
     "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
@@ -80,11 +86,12 @@ class AttackSpec:
     n_queries: int | None = None  # override: Square queries
     pgd_steps: int | None = None
     pgd_alpha: float | None = None
+    numerics: str = "verify"  # the rbzoo.exact profile the attack runs under
 
     def as_dict(self) -> dict:
         """The results' `attack` object."""
         d = {"norm": self.norm, "eps": self.eps, "version": self.version, "attacks": list(self.attacks),
-             "seed": self.seed, "chunk_size": self.chunk_size}
+             "seed": self.seed, "chunk_size": self.chunk_size, "numerics": self.numerics}
         for key in ("n_iter", "n_restarts", "n_queries"):
             if getattr(self, key) is not None:
                 d[key] = getattr(self, key)
@@ -97,8 +104,9 @@ def make_attack_spec(*, norm: str = "Linf", eps: float | str, version: str = "st
                      attacks: Sequence[str] | None = None, seed: int = 0, chunk_size: int = 500,
                      n_iter: int | None = None, n_restarts: int | None = None, n_queries: int | None = None,
                      pgd_steps: int | None = None, pgd_alpha: float | str | None = None,
-                     input_numel: int | None = None) -> AttackSpec:
+                     input_numel: int | None = None, numerics: str = "verify") -> AttackSpec:
     """Validate the options of a robust evaluation; any bad value is a one-line ConfigError."""
+    check_profile(numerics)
     norm = choose("norm", norm, NORMS)
     eps = parse_eps(eps)
     check_eps(eps, norm, input_numel)
@@ -120,7 +128,8 @@ def make_attack_spec(*, norm: str = "Linf", eps: float | str, version: str = "st
         alpha = eps / 4 if pgd_alpha is None else parse_eps(pgd_alpha)
         if not 0 < alpha <= 1:
             raise ConfigError(f"PGD step size {alpha:g} out of range (0, 1]")
-        return AttackSpec(norm, eps, "pgd", ("pgd",), int(seed), int(chunk_size), pgd_steps=int(pgd_steps), pgd_alpha=alpha)
+        return AttackSpec(norm, eps, "pgd", ("pgd",), int(seed), int(chunk_size), pgd_steps=int(pgd_steps), pgd_alpha=alpha,
+                          numerics=numerics)
     if pgd_alpha is not None:
         raise ConfigError("--alpha is the step of the quick PGD check; give --pgd STEPS too")
     if version not in VERSIONS:
@@ -139,7 +148,7 @@ def make_attack_spec(*, norm: str = "Linf", eps: float | str, version: str = "st
             raise ConfigError(f"--attacks needs --version custom (version {version} runs {', '.join(VERSION_ATTACKS[version])})")
         chosen = VERSION_ATTACKS[version]
     return AttackSpec(norm, eps, version, chosen, int(seed), int(chunk_size), n_iter=n_iter, n_restarts=n_restarts,
-                      n_queries=n_queries)
+                      n_queries=n_queries, numerics=numerics)
 
 
 def _set_apgd_iters(attack, n_iter: int) -> None:
@@ -185,6 +194,7 @@ class ChunkRecord:
     warnings: list[str] = field(default_factory=list)
     wall_s: float = 0.0
     device: str = ""
+    evidence: list[dict] = field(default_factory=list)  # Encoded.to_json() of every break, in attack order
 
     def complete(self, attacks: Sequence[str]) -> bool:
         return list(self.done) == list(attacks)
@@ -395,19 +405,64 @@ def _load_points(dataset: Dataset, indices: Sequence[int], device: torch.device)
     return torch.cat(xs).to(device, torch.float32), torch.cat(ys).to(device, torch.int64)
 
 
+def _autoattack_checks(aa, x: torch.Tensor, y: torch.Tensor) -> None:
+    """pyautoattack's own checks of the defense (randomized, probabilities, dynamic, too few classes),
+    as `run_standard_evaluation` runs them; logged on 'auto-attack'. Once per chunk: they cost
+    several forward passes and do not change any result."""
+    from pyautoattack import checks
+
+    bs = len(x)
+    if aa.version != "rand":
+        checks.check_randomized(aa.get_logits, x, y, bs=bs, logger=aa.logger)
+    n_cls = checks.check_range_output(aa.get_logits, x, logger=aa.logger)
+    checks.check_dynamic(aa.model, x, False, logger=aa.logger)
+    checks.check_n_classes(n_cls, aa.attacks_to_run, aa.apgd_targeted.n_target_classes, aa.fab.n_target_classes,
+                           logger=aa.logger)
+
+
+def _perturb(aa, attack: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One attack of `run_standard_evaluation` on one batch: the same object, settings and seed."""
+    if attack in ("apgd-ce", "apgd-dlr"):
+        aa.apgd.loss = attack[5:]
+        aa.apgd.seed = aa.get_seed()
+        return aa.apgd.perturb(x, y)
+    if attack in ("fab", "fab-t"):
+        aa.fab.targeted = attack == "fab-t"
+        if aa.fab.targeted:
+            aa.fab.n_restarts = 1
+        aa.fab.seed = aa.get_seed()
+        return aa.fab.perturb(x, y)
+    if attack == "square":
+        aa.square.seed = aa.get_seed()
+        return aa.square.perturb(x, y)
+    aa.apgd_targeted.seed = aa.get_seed()
+    return aa.apgd_targeted.perturb(x, y)
+
+
 def _attack_points(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str, spec: AttackSpec,
-                   seed: int, device: torch.device) -> torch.Tensor:
-    """Robust flags (bool, CPU) of the points (x, y) against one attack with the chunk's seed."""
+                   seed: int, device: torch.device, checks: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(robust flags (bool, CPU), adversarial inputs, their logits) of the points (x, y) against one
+    attack with the chunk's seed. Where a flag is False, the adversarial input is what broke the point.
+
+    AutoAttack: what ``run_standard_evaluation(x, y, batch_size=len(x))`` computes for one attack
+    (each attack skips the points it finds misclassified, as the evaluation's own filter would),
+    without its per-call checks (`checks`: run them here) and clean pass."""
     if attack == "pgd":
         g = torch.Generator().manual_seed(seed)
         with torch.enable_grad():
             x_adv = pgd(model, x, y, eps=spec.eps, alpha=spec.pgd_alpha, steps=spec.pgd_steps, select="best", generator=g)
         with torch.no_grad():
-            return (model(x_adv).argmax(1) == y).cpu()
+            logits = model(x_adv)
+        return (logits.argmax(1) == y).cpu(), x_adv, logits
     aa = build_autoattack(model, spec, seed, device)
-    aa.attacks_to_run = [attack]
-    _, y_adv = aa.run_standard_evaluation(x, y, batch_size=len(x))
-    return (y_adv == y).cpu()
+    aa.attacks_to_run = list(spec.attacks)
+    with torch.no_grad():
+        if checks:
+            _autoattack_checks(aa, x, y)
+        adv = _perturb(aa, attack, x, y)
+        logits = aa.get_logits(adv)
+        robust = logits.argmax(1) == y
+    return robust.cpu(), torch.where(robust.view(-1, *[1] * (x.ndim - 1)), x, adv), logits
 
 
 def run_chunk(model: nn.Module, dataset: Dataset, chunk_indices: np.ndarray, rec: ChunkRecord, spec: AttackSpec,
@@ -427,10 +482,21 @@ def run_chunk(model: nn.Module, dataset: Dataset, chunk_indices: np.ndarray, rec
         t0 = time.perf_counter()
         sel = torch.nonzero(cur).flatten()
         messages: list[str] = []
+        enc: list[Encoded] = []
         if len(sel):
             # pyautoattack reseeds the global generators; keep the caller's streams untouched.
-            with torch.random.fork_rng(devices=rng_devices), pinned_numerics(), capture_warnings(messages):
-                cur[sel] = _attack_points(model, x[sel], y[sel], attack, spec, rec.seed, device)
+            with torch.random.fork_rng(devices=rng_devices), numerics(spec.numerics, device), capture_warnings(messages):
+                flags, x_adv, logits = _attack_points(model, x[sel], y[sel], attack, spec, rec.seed, device,
+                                                      checks=not rec.done)
+                cur[sel] = flags
+                # Keep what broke each newly broken point (checked within the threat model and
+                # still misclassified after encoding), in the same profile as the attack.
+                broken = torch.nonzero(~flags).flatten()
+                b = sel[broken]
+                bd = broken.to(x_adv.device)
+                enc = encode_breaks(model, x[b], x_adv[bd], y[b], rec.start + live[b.numpy()], attack, spec.norm,
+                                    spec.eps, adv_logits=logits[bd])
+            rec.evidence.extend(e.to_json() for e in enc)
         rec.robust[live] = cur.numpy()
         rec.done.append(attack)
         rec.after[attack] = int(rec.robust.sum())
@@ -464,6 +530,7 @@ class RobustResult:
     warnings: list[str]
     n_chunks: int
     attack_wall_s: float  # summed over chunks (all ranks)
+    evidence: list[Encoded] = field(default_factory=list)  # one per broken point, by position
 
 
 def robust_evaluation(model: nn.Module, dataset: Dataset, indices: Sequence[int], clean_correct: np.ndarray,
@@ -523,4 +590,9 @@ def robust_evaluation(model: nn.Module, dataset: Dataset, indices: Sequence[int]
     flags = np.concatenate([merged[i].robust for i in range(n_chunks)]) if n_chunks else np.zeros(0, bool)
     after = {a: sum(merged[i].after[a] for i in range(n_chunks)) for a in spec.attacks}
     warns = list(dict.fromkeys(w for i in range(n_chunks) for w in merged[i].warnings))
-    return RobustResult(flags, int(flags.sum()), after, warns, n_chunks, sum(r.wall_s for r in merged.values()))
+    evidence = sorted((Encoded.from_json(e) for i in range(n_chunks) for e in merged[i].evidence), key=lambda e: e.position)
+    broken = np.flatnonzero(clean_correct & ~flags)
+    if [e.position for e in evidence] != broken.tolist():
+        raise EvalStateError(f"the saved chunks hold evidence for {len(evidence)} of {len(broken)} broken points; "
+                             f"delete {state.folder} or pass --fresh")
+    return RobustResult(flags, int(flags.sum()), after, warns, n_chunks, sum(r.wall_s for r in merged.values()), evidence)

@@ -32,26 +32,33 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._io import canonical_json, check_output, file_sha256, read_json, write_json, write_text
+import numpy as np
+
+from ._io import canonical_json, check_output, file_sha256, read_json, write_bytes, write_json, write_text
 from .cards import NAME_RE, REPO_RE, Card, build_card, load_card
 from .checkpoint import build, checkpoint_dataset, load, read
 from .constants import cards_dir as default_cards_dir
 from .constants import rbzoo_home
 from .convert import CONVERTER_VERSION, convert_official
+from .data import get_spec
 from .errors import ConfigError, HubError, RbzooError, VerificationError
+from .evidence import read_evidence
 from .exact import check_profile, clean_accuracy
 from .fetch import REGISTRY_NAME as DOWNLOADS_FILE
 from .fetch import download
-from .hub import CARD_FILE, RESULTS_FILE, Progress, fetch_hub, load_test_split
+from .hub import CARD_FILE, EVIDENCE_FILE, RESULTS_FILE, Progress, fetch_hub, load_test_split, robust_evidence
 from .registry import Registry
 from .resolve import looks_local
-from .verdict import TAU, Certificate, Verdict, check_claims, compare, compare_count, degenerate
+from .robust_check import prove_breaks, spot_check
+from .verdict import TAU, Certificate, Verdict, check_claims, compare, compare_count, degenerate, tau_for
 from .verdict import strict as strict_verdict
 from .verified import folder_origin, hub_origin, registry_entries, zoo_origin
 from .verified import registry_key as _key
 from .verified import registry_put as _registry_put
 
 CERTIFICATE_SUFFIX = ".certificate.json"  # beside a card in the cards folder: <name>.certificate.json
+RESULTS_SUFFIX = ".results.json"  # beside an imported card: the results of its robust claim
+EVIDENCE_SUFFIX = ".evidence.safetensors"  # beside an imported card: that claim's evidence
 
 
 @dataclass
@@ -82,6 +89,8 @@ class PullResult:
     card_block: dict | None = None  # the `expected` block a maintainer would publish (count-only cards)
     written_card: Path | None = None
     origin: str = ""  # where the model came from: zoo:NAME | hub:REPO@COMMIT | folder:PATH (the registry's key)
+    robust: dict | None = None  # --robust: what was proved about the robust claim (RobustVerdict.to_json())
+    robust_message: str = ""  # --robust: one line
 
     @functools.cached_property
     def model(self):
@@ -111,6 +120,7 @@ class _Fetched:
     source_sha256: str | None = None  # imported entries: the official file converted
     unpinned: bool = False  # imported from a --source FILE that no hash pins
     first_use: bool = False  # imported: this download pinned the official file (trust on first use)
+    evidence: bytes | None = None  # the published evidence file (robust claims), if any
 
 
 # ------------------------------------------------------------------------------------------ 1. resolve
@@ -151,8 +161,9 @@ def _fetch_folder(s: Spec) -> _Fetched:
     if not path.is_file():
         raise HubError(f"{folder}: the card names {card.rb['checkpoint']}, which is missing")
     results = read_json(folder / RESULTS_FILE, "results JSON", VerificationError) if (folder / RESULTS_FILE).is_file() else None
+    evidence = (folder / EVIDENCE_FILE).read_bytes() if (folder / EVIDENCE_FILE).is_file() else None
     return _Fetched(card, path, results, card.repo_id, None, spec=str(folder),
-                    certificate=_results_certificate(results), origin=folder_origin(folder))
+                    certificate=_results_certificate(results), origin=folder_origin(folder), evidence=evidence)
 
 
 def _fetch_hub(s: Spec, endpoint: str | None, token: str | None) -> _Fetched:
@@ -160,7 +171,8 @@ def _fetch_hub(s: Spec, endpoint: str | None, token: str | None) -> _Fetched:
     repo, rev = (local.repo_id, local.revision or "main") if local else (s.repo_id, s.revision or "main")
     got = fetch_hub(repo, rev, endpoint=endpoint, token=token, local_card=local)
     return _Fetched(got.card, got.path, got.results, repo, got.commit, got.server_sha256, got.purge, spec=s.text,
-                    certificate=_results_certificate(got.results), origin=hub_origin(repo, got.commit))
+                    certificate=_results_certificate(got.results), origin=hub_origin(repo, got.commit),
+                    evidence=got.evidence)
 
 
 def import_zoo_entry(card: dict, source: str | Path | None, *, cache_dir: str | Path, progress: bool = True,
@@ -243,9 +255,15 @@ def _fetch_import(s: Spec, source: str | Path | None, bn_check: bool = True) -> 
     side = s.card_path.with_name(s.card.name + CERTIFICATE_SUFFIX) if s.card_path else None
     cert = read_json(side, "certificate JSON", VerificationError) if side is not None and side.is_file() else None
     by_digest = s.card.rb["model_digest"] is not None
-    return _Fetched(s.card, Path(path), None, None, None, sha, spec=s.text, certificate=cert,
+    results = evidence = None
+    if s.card_path is not None and s.card.rb["claimed"].get("evidence_sha256"):  # a robust claim rbzoo measured
+        res_path, ev_path = (s.card_path.with_name(s.card.name + x) for x in (RESULTS_SUFFIX, EVIDENCE_SUFFIX))
+        results = read_json(res_path, "results JSON", VerificationError) if res_path.is_file() else None
+        evidence = ev_path.read_bytes() if ev_path.is_file() else None
+    return _Fetched(s.card, Path(path), results, None, None, sha, spec=s.text, certificate=cert,
                     origin=zoo_origin(s.card.name), source_sha256=source_sha,
-                    unpinned=pinned is None and not by_digest, first_use=pinned == "first use" and not by_digest)
+                    unpinned=pinned is None and not by_digest, first_use=pinned == "first use" and not by_digest,
+                    evidence=evidence)
 
 
 # ------------------------------------------------------------------------------------------ 3. verify
@@ -371,7 +389,7 @@ def _judge(f: _Fetched, label: str, ck, clean, new: Certificate, strict: bool) -
 
 
 def _verify(f: _Fetched, out: PullResult, ck, *, data_dir, device: str, numerics: str, strict: bool,
-            progress: Progress | None, base: dict) -> PullResult:
+            progress: Progress | None, base: dict, keep: dict | None = None) -> PullResult:
     card, exp, label = f.card, f.card.expected, out.label
     hint = f"rerun `rbzoo pull {f.spec} --data-dir DIR`, or skip the check with --no-verify"
     ds, indices = load_test_split(card.dataset, data_dir, exp["n_examples"], f"verify {card.name}", hint)
@@ -380,9 +398,20 @@ def _verify(f: _Fetched, out: PullResult, ck, *, data_dir, device: str, numerics
         model = build(ck, device)
     except RbzooError as e:
         raise VerificationError(f"{label}: the published {f.path.name} does not build: {e}") from None
+    wanted = set(keep.get("positions", ())) if keep is not None else set()
+    kept_images: dict = {}
+
+    def on_batch(start: int, x, y) -> None:  # the images of the published breaks, for --robust
+        for j in range(len(y)):
+            if start + j in wanted:
+                kept_images[start + j] = (x[j], y[j])
+
     clean = clean_accuracy(model, ds, indices=indices, device=device, profile=numerics,
-                           progress=progress(f"verifying {card.name}", total) if progress else None)
+                           progress=progress(f"verifying {card.name}", total) if progress else None,
+                           on_batch=on_batch if wanted else None)
     new = Certificate.of(clean)
+    if keep is not None:  # what a robust check goes on with
+        keep.update(model=model, dataset=ds, clean=clean, record=None, images=kept_images)
     verdict, what = _judge(f, label, ck, clean, new, strict)
     message = f"{verdict.message()} (against {what})"
     record = {**base, "clean_correct": clean.clean_correct, "n_examples": clean.n_examples,
@@ -409,9 +438,68 @@ def _verify(f: _Fetched, out: PullResult, ck, *, data_dir, device: str, numerics
         message = (f"unpinned source: no hash pins {card.name}'s official file (the card has no source_sha256 or "
                    f"model_digest, and it was never downloaded here), so this is not verified; {message}")
     _registry_put(out_key(out), {**record, "status": status})
+    if keep is not None:
+        keep["record"] = {**record, "status": status}
     out.status, out.verdict, out.message = status, verdict.status, message
     out.clean_correct, out.n_examples = clean.clean_correct, clean.n_examples
     return out
+
+
+def _evidence_positions(f: _Fetched) -> list[int]:
+    """The positions the published evidence holds (read bounded), or none if it is unreadable: the
+    robust check then names what is wrong."""
+    if f.evidence is None:
+        return []
+    try:
+        spec = get_spec(f.card.dataset)
+        ev = read_evidence(f.evidence, n_examples=f.card.expected["n_examples"], numel=spec.channels * spec.image_size ** 2)
+    except RbzooError:
+        return []
+    return [e.position for e in ev.items]
+
+
+def _verify_robust(f: _Fetched, out: PullResult, keep: dict, *, device: str, numerics: str, spot, spot_seed: int) -> None:
+    """Check the card's robust claim against the published evidence (and re-attack chunks with `spot`)."""
+    card, label = f.card, out.label
+    claimed = card.rb["claimed"]
+    if claimed["robust_acc"] is None:
+        out.robust_message = "robust: the card claims no robust accuracy; nothing to check"
+        return
+    pin = claimed.get("evidence_sha256")
+    if pin is None:
+        out.robust_message = (f"robust: {claimed['robust_acc']:.2f} % is claimed without evidence (no stored adversarial "
+                              f"examples): not checkable; `rbzoo eval` of this model keeps the evidence of every break")
+        return
+    if f.evidence is None:
+        raise VerificationError(f"{label}: the card pins evidence {pin[:16]}… for its robust claim, but no "
+                                f"{EVIDENCE_FILE} was published")
+    if hashlib.sha256(f.evidence).hexdigest() != pin:
+        raise VerificationError(f"{label}: {EVIDENCE_FILE} does not match the SHA-256 the card pins")
+    res = f.results
+    if not isinstance(res, dict) or (res.get("evidence") or {}).get("sha256") != pin \
+            or res.get("robust_correct") != claimed["robust_correct"] or res.get("n_examples") != card.expected["n_examples"]:
+        raise VerificationError(f"{label}: the published {RESULTS_FILE} does not state the card's robust claim "
+                                f"(robust_correct, evidence or n_examples differ)")
+    cert = _card_reference(f, label)
+    if cert is None:
+        raise VerificationError(f"{label}: a robust claim needs the per-sample certificate the card pins")
+    clean, ds = keep["clean"], keep["dataset"]
+    spec = get_spec(card.dataset)
+    evidence = read_evidence(f.evidence, n_examples=clean.n_examples, numel=spec.channels * spec.image_size ** 2)
+    attack_profile = (res.get("attack") or {}).get("numerics", "verify")
+    tau = tau_for(numerics, attack_profile)
+    idx = np.arange(clean.n_examples)
+    try:
+        verdict = prove_breaks(keep["model"], ds, idx, res, evidence, cert, clean.labels, clean.correct_mask,
+                               profile=numerics, tau=tau, device=device, images=keep.get("images"))
+        if spot is not None:
+            verdict.spot = spot_check(keep["model"], ds, idx, res, evidence, cert, k=None if spot == "all" else int(spot),
+                                      seed=spot_seed, profile=numerics, tau=tau, device=device)
+    except VerificationError as e:
+        _registry_put(out_key(out), {**keep["record"], "robust": {"status": "failed", "message": str(e)}})
+        raise VerificationError(f"{label}: robust claim refused: {e}") from None
+    out.robust, out.robust_message = verdict.to_json(), verdict.message()
+    _registry_put(out_key(out), {**keep["record"], "robust": {"status": "proved", **verdict.to_json()}})
 
 
 def maintainer_block(model_digest: str, clean, cert: Certificate) -> dict:
@@ -444,7 +532,9 @@ def _fetch(s: Spec, *, source, bn_check: bool, endpoint, token) -> _Fetched:
 def pull(spec: str, *, data_dir: str | Path | None = None, verify: bool = True, endpoint: str | None = None,
          token: str | None = None, cards_dir: str | Path | None = None, device: str = "cpu",
          progress: Progress | None = None, source: str | Path | None = None, bn_check: bool = True,
-         numerics: str = "verify", strict: bool = False, write_card: bool = False, force: bool = False) -> PullResult:
+         numerics: str = "verify", strict: bool = False, write_card: bool = False, force: bool = False,
+         robust: bool = False, spot_check_chunks: int | str | None = None, spot_seed: int | None = None,
+         robust_results: str | Path | None = None) -> PullResult:
     """Download a zoo model (card name, `org/name[@rev]`, or a `--to` folder) and verify it.
 
     Imported entries (cards without a repo_id) are fetched from the card's `source_url` (or the
@@ -456,6 +546,11 @@ def pull(spec: str, *, data_dir: str | Path | None = None, verify: bool = True, 
     hash pins gives status "unpinned source", never "verified". `write_card` writes the card with
     this machine's reference into the cards folder (count-only entries; an existing card only
     with `force`).
+    `robust` also checks the robust claim against its published evidence
+    (:func:`rbzoo.robust_check.prove_breaks`); `spot_check_chunks` (a number or "all") re-attacks
+    that many chunks (:func:`rbzoo.robust_check.spot_check`). With `write_card`, `robust_results`
+    (an `rbzoo eval` results file of this model, evidence beside it) adds its robust claim to an
+    imported entry's card, proved here first.
     """
     s = parse_spec(spec, cards_dir)
     if s is None:
@@ -470,6 +565,14 @@ def pull(spec: str, *, data_dir: str | Path | None = None, verify: bool = True, 
     if not bn_check and not imported:
         raise ConfigError("--no-bn-check is only for imported zoo entries that are converted from the authors' file")
     check_profile(numerics)
+    if spot_check_chunks is not None:
+        robust = True
+        if spot_check_chunks != "all" and (not isinstance(spot_check_chunks, int) or spot_check_chunks < 1):
+            raise ConfigError(f"--spot-check takes a number of chunks >= 1 or 'all', got {spot_check_chunks!r}")
+    if robust_results is not None and not (write_card and imported):
+        raise ConfigError("--results publishes a robust claim with --write-card, for imported zoo entries")
+    if robust and not verify:
+        raise ConfigError("--robust checks the robust claim on the verified model; it cannot be combined with --no-verify")
     f = _fetch(s, source=source, bn_check=bn_check, endpoint=endpoint, token=token)
     label = f"{f.repo_id}@{f.commit[:12]}" if f.repo_id and f.commit else (f.repo_id or str(f.spec))
     ck, sha, size = _check_identity(f, label)
@@ -484,7 +587,7 @@ def pull(spec: str, *, data_dir: str | Path | None = None, verify: bool = True, 
     # History never replaces a check: a hit only while everything published is what was verified.
     if rec and rec.get("status") == "verified" and rec.get("published") == published and rec.get(
             "model_digest") == ck.digest and rec.get("profile") == numerics \
-            and not (strict and rec.get("verdict") != "exact") and not write_card:
+            and not (strict and rec.get("verdict") != "exact") and not write_card and not robust:
         out.status, out.verdict, out.message = "cached", rec.get("verdict"), rec.get("message", "")
         out.clean_correct, out.n_examples = rec["clean_correct"], rec["n_examples"]
         return out
@@ -495,11 +598,55 @@ def pull(spec: str, *, data_dir: str | Path | None = None, verify: bool = True, 
     if write_card and f.unpinned:
         raise ConfigError(f"{label}: --write-card would pin whatever {source} is; give the card a source_sha256 "
                           f"or download the official file first")
+    keep: dict = {"positions": _evidence_positions(f) if robust else ()}
     out = _verify(f, out, ck, data_dir=data_dir, device=device, numerics=numerics, strict=strict,
-                  progress=progress, base=base)
-    if write_card:
+                  progress=progress, base=base, keep=keep)
+    if robust:
+        _verify_robust(f, out, keep, device=device, numerics=numerics, spot=spot_check_chunks,
+                       spot_seed=spot_seed if spot_seed is not None else int(time.time()))
+    if write_card and robust_results is not None:
+        out.written_card = _write_robust(s, f, out, keep, Path(robust_results), cards_dir, device=device,
+                                         numerics=numerics, force=force)
+    elif write_card:
         out.written_card = _write_card(s, f, out, cards_dir, force)
     return out
+
+
+def _write_robust(s: Spec, f: _Fetched, out: PullResult, keep: dict, results_path: Path, cards_dir, *,
+                  device: str, numerics: str, force: bool) -> Path:
+    """An imported entry's card with the robust claim of an `rbzoo eval` of it (and its evidence),
+    proved here first; the results and evidence are written beside the card."""
+    res = read_json(Path(results_path), "results JSON", ConfigError)
+    clean, ck_digest = keep["clean"], keep["record"]["model_digest"]
+    if not isinstance(res, dict) or res.get("model_digest") != keep["record"]["model_digest"] \
+            or res.get("n_examples") != clean.n_examples or res.get("predictions_sha256") != clean.predictions_sha256:
+        raise ConfigError(f"{results_path}: not an `rbzoo eval` of this model on the card's {clean.n_examples} samples "
+                          f"with the predictions verified here")
+    cert = Certificate.of(clean)
+    data = robust_evidence(res, Path(results_path), cert, f.card.dataset)
+    if data is None:
+        raise ConfigError(f"{results_path}: no robust result to publish (rerun `rbzoo eval` without --clean-only)")
+    sha = hashlib.sha256(data).hexdigest()
+    spec = get_spec(f.card.dataset)
+    evidence = read_evidence(data, n_examples=clean.n_examples, numel=spec.channels * spec.image_size ** 2)
+    prove_breaks(keep["model"], keep["dataset"], np.arange(clean.n_examples), res, evidence, cert, clean.labels,
+                 clean.correct_mask, profile=numerics, tau=tau_for(numerics, res["attack"].get("numerics", "verify")),
+                 device=device)
+    block = out.card_block or maintainer_block(ck_digest, clean, cert)
+    n, rc = res["n_examples"], res["robust_correct"]
+    claimed = dict(f.card.rb["claimed"], robust_acc=round(100.0 * rc / n, 2), robust_correct=rc, evidence_sha256=sha)
+    rb = dict(f.card.rb, model_digest=block["model_digest"], expected=block["expected"], claimed=claimed)
+    rargs = {k: res["attack"][k] for k in ("norm", "eps", "version")}
+    card = build_card(rb, robust_args=rargs, license=f.card.meta.get("license") or "mit")
+    path = s.card_path or default_cards_dir(cards_dir) / f"{f.card.name}.md"
+    for target in (path, *(path.with_name(f.card.name + x) for x in (CERTIFICATE_SUFFIX, EVIDENCE_SUFFIX, RESULTS_SUFFIX))):
+        check_output(target, inputs=(f.path, Path(results_path)), force=force, kind="--write-card")
+    write_json(path.with_name(f.card.name + CERTIFICATE_SUFFIX), block["certificate"])
+    write_bytes(path.with_name(f.card.name + EVIDENCE_SUFFIX), data)
+    write_json(path.with_name(f.card.name + RESULTS_SUFFIX),
+               dict(res, evidence=dict(res["evidence"], file=f.card.name + EVIDENCE_SUFFIX)))
+    write_text(path, card.render())
+    return path
 
 
 def _write_card(s: Spec, f: _Fetched, out: PullResult, cards_dir, force: bool) -> Path:

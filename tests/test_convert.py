@@ -609,12 +609,23 @@ def test_pull_of_an_imported_entry_downloads_converts_and_verifies(tiny, tmp_pat
         assert main(args) == 0
         out = " ".join(capsys.readouterr().out.split())
         assert f"verified (exact): {correct}/50" in out and "the card's certificate" in out
-        # `rbzoo eval NAME` resolves the imported entry too
+        assert main(args + ["--robust"]) == 0  # no robust claim on this card: said, not failed
+        assert "claims no robust accuracy" in capsys.readouterr().out
+        # `rbzoo eval NAME` resolves the imported entry too; its evidence goes onto the card with
+        # --write-card --results, proved first, and a later `pull --robust` proves it again.
         monkeypatch.setenv("RBZOO_CARDS", str(cards))
-        assert main(["eval", "tiny-import", "--clean-only", "--data-dir", str(cifar10_root),
+        assert main(["eval", "tiny-import", "--pgd", "1", "--chunk-size", "50", "--data-dir", str(cifar10_root),
                      "--out", str(tmp_path / "r.json")]) == 0
-        assert json.loads((tmp_path / "r.json").read_text())["clean_correct"] == correct
+        r = json.loads((tmp_path / "r.json").read_text())
+        assert r["clean_correct"] == correct and r["evidence"]["n"] == correct - r["robust_correct"]
+        assert main(args + ["--write-card", "--results", str(tmp_path / "r.json"), "--force"]) == 0
+        claimed = rbzoo.cards.load_card(cards / "tiny-import.md").rb["claimed"]
+        assert claimed["robust_correct"] == r["robust_correct"] and claimed["evidence_sha256"] == r["evidence"]["sha256"]
+        assert (cards / "tiny-import.evidence.safetensors").is_file() and (cards / "tiny-import.results.json").is_file()
         capsys.readouterr()
+        assert main(args + ["--robust"]) == 0
+        breaks = correct - r["robust_correct"]
+        assert f"{breaks}/{breaks} breaks proved" in " ".join(capsys.readouterr().out.split())
     # A card claiming another count: the pull fails (exit 3) and says by how much.
     _zoo_card(cards, None, wrong, name="tiny-wrong")
     assert main(["pull", "tiny-wrong", "--cards-dir", str(cards), "--data-dir", str(cifar10_root),

@@ -214,7 +214,7 @@ def test_results_json_contract(reference, trained_checkpoint):
         assert key in r, key
     assert r["model_digest"] == rbzoo.read(trained_checkpoint).digest and r["model"]["arch"] == "tiny_resnet"
     assert r["attack"] == {"norm": "Linf", "eps": EPS, "version": "custom", "attacks": ["apgd-ce", "apgd-t"], "seed": SEED,
-                           "chunk_size": CHUNK, "n_iter": 10, "n_restarts": 1}
+                           "chunk_size": CHUNK, "n_iter": 10, "n_restarts": 1, "numerics": "verify"}
     assert list(r["robust_acc_after"]) == ["apgd-ce", "apgd-t"]
     assert r["clean_acc"] >= r["robust_acc_after"]["apgd-ce"] >= r["robust_acc_after"]["apgd-t"] == r["robust_acc"]
     flags = unpack_flags(r["robust_flags"], N_POINTS)

@@ -1,6 +1,7 @@
 """`rbzoo eval` across processes: SIGKILL mid-run then resume, and a 2-process torchrun (gloo) shard.
 
-Both must reproduce the uninterrupted single-process reference run of tests/test_eval.py exactly.
+Both must reproduce the uninterrupted single-process reference run of tests/test_eval.py exactly,
+its evidence file (the adversarial input of every break) byte for byte.
 """
 
 from __future__ import annotations
@@ -27,6 +28,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # Fields that must agree between runs of the same evaluation (not timing, paths, or process layout).
 SAME = ("model_digest", "n_examples", "clean_correct", "clean_acc", "predictions_sha256", "data_sha256", "robust_correct",
         "robust_acc", "attack", "robust_acc_after", "robust_correct_after", "wilson95", "robust_flags", "warnings", "n_chunks")
+
+
+def _same_evidence(out: Path, ref: dict) -> None:
+    r = json.loads(out.read_text())
+    ref_file = ref["out"].parent / ref["results"]["evidence"]["file"]
+    assert r["evidence"]["n"] > 0 and r["evidence"]["sha256"] == ref["results"]["evidence"]["sha256"]
+    assert (out.parent / r["evidence"]["file"]).read_bytes() == ref_file.read_bytes()
 
 
 def _env() -> dict:
@@ -61,6 +69,7 @@ def test_sigkill_mid_run_then_resume_gives_the_same_flags(reference, trained_che
     resumed, ref = json.loads(out.read_text()), reference["results"]
     assert np.array_equal(unpack_flags(resumed["robust_flags"], N_POINTS), unpack_flags(ref["robust_flags"], N_POINTS))
     assert {k: resumed[k] for k in SAME} == {k: ref[k] for k in SAME}
+    _same_evidence(out, reference)
 
 
 def test_two_process_torchrun_equals_single_process(reference, trained_checkpoint, cifar10_root, tmp_path):
@@ -73,6 +82,7 @@ def test_two_process_torchrun_equals_single_process(reference, trained_checkpoin
     sharded, ref = json.loads(out.read_text()), reference["results"]
     assert sharded["world_size"] == 2 and ref["world_size"] == 1
     assert {k: sharded[k] for k in SAME} == {k: ref[k] for k in SAME}
+    _same_evidence(out, reference)
     # Each rank wrote its own chunks (i % 2) into the shared state folder; rank 0 merged them all.
     chunks = sorted(Path(sharded["state_dir"]).glob("chunk-*.json"))
     assert len(chunks) == N_POINTS // 4

@@ -28,6 +28,7 @@ from rbzoo import hub, verified, zoo
 from rbzoo.cards import build_card, load_card, parse_card
 from rbzoo.cli import main
 from rbzoo.errors import CheckpointError, ConfigError, HubError, VerificationError
+from rbzoo.evaluate import EvalConfig, run_eval
 from rbzoo.exact import clean_accuracy, predictions_digest
 from rbzoo.verdict import TAU, Certificate, count_cap
 
@@ -64,21 +65,11 @@ def sha(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def eval_results(ckpt: Path, data_dir: Path) -> dict:
-    """What `rbzoo eval --out` writes (the contract's fields), computed with rbzoo.evaluate."""
-    ck = rbzoo.read(ckpt)
-    res = clean_accuracy(rbzoo.load(ckpt), rbzoo.data.get_dataset("cifar10", "test", data_dir))
-    return {"rbzoo_results": 1, "model_digest": ck.digest,
-            "model": {"path": str(ckpt), "arch": ck.arch["id"], "file_sha256": sha(ckpt)},
-            "dataset": "cifar10", "split": "test", "n_examples": res.n_examples, "subset": None,
-            "clean_correct": res.clean_correct, "clean_acc": res.clean_acc,
-            "predictions_sha256": res.predictions_sha256, "data_sha256": res.data_sha256,
-            "certificate": Certificate.of(res).to_json(), "numerics_profile": res.profile,
-            "robust_correct": 3, "robust_acc": 3 / res.n_examples,
-            "attack": {"norm": "Linf", "eps": 8 / 255, "version": "standard", "attacks": ["apgd-ce"], "seed": 0,
-                       "chunk_size": 50},
-            "robust_acc_after": {"apgd-ce": 3 / res.n_examples}, "wilson95": None, "robust_flags": None,
-            "warnings": [], "wall_s": 0.1, "versions": {}, "device": "cpu", "numerics": res.numerics}
+def eval_results(ckpt: Path, data_dir: Path, out: Path) -> dict:
+    """What `rbzoo eval --out` writes for the first 40 test images, with a cheap robust result (PGD-1) and its
+    evidence beside `out`."""
+    return run_eval(EvalConfig(model=str(ckpt), data_dir=str(data_dir), device="cpu", pgd_steps=1, chunk_size=40, n_examples=40,
+                               out=out, state=out.with_name(out.stem + ".state")))
 
 
 def assert_nothing_half_written(env: Path, ckpt: Path) -> None:
@@ -166,11 +157,13 @@ def test_push_twice_pull_older_revision(server, env, tiny_checkpoint, second_che
     # robust result that goes into the card's model-index.
     ckpt2 = tmp_path / "second.safetensors"
     ckpt2.write_bytes(second_checkpoint.read_bytes())
-    (tmp_path / "second.results.json").write_text(json.dumps(eval_results(ckpt2, cifar10_root)))
+    res2 = eval_results(ckpt2, cifar10_root, tmp_path / "second.results.json")
     second = hub.push(ckpt2, REPO, endpoint=server.url, token=TOKEN)
     assert not second.evaluated and second.commit != first.commit
-    assert second.card.rb["claimed"]["robust_acc"] == pytest.approx(6.0)
-    assert second.card.robust_args == {"norm": "Linf", "eps": pytest.approx(8 / 255), "version": "standard"}
+    assert second.card.rb["claimed"]["robust_acc"] == round(100 * res2["robust_acc"], 2)
+    assert second.card.rb["claimed"]["robust_correct"] == res2["robust_correct"]
+    assert second.card.rb["claimed"]["evidence_sha256"] == res2["evidence"]["sha256"]
+    assert second.card.robust_args == {"norm": "Linf", "eps": pytest.approx(8 / 255), "version": "pgd"}
     assert load_card(env / "cards" / "tiny.md").revision == second.commit  # the zoo card follows
 
     old = zoo.pull(f"{REPO}@{first.commit}", data_dir=cifar10_root, endpoint=server.url, token=TOKEN)
@@ -206,7 +199,13 @@ def test_push_refusals(env, tiny_checkpoint, cifar10_root, tmp_path):
     lonely.write_bytes(tiny_checkpoint.read_bytes())
     with pytest.raises(ConfigError, match="no clean-accuracy result .*rbzoo eval"):
         hub.push(lonely, REPO, endpoint=url, token=TOKEN)
-    res = eval_results(lonely, cifar10_root)
+    res = eval_results(lonely, cifar10_root, tmp_path / "results.json")
+    (tmp_path / "results.json").write_text(json.dumps(dict(res, evidence=None)))
+    with pytest.raises(ConfigError, match="claims a robust accuracy but names no evidence file"):
+        hub.push(lonely, REPO, endpoint=url, token=TOKEN)
+    (tmp_path / "results.json").write_text(json.dumps(dict(res, robust_correct=res["robust_correct"] + 1)))
+    with pytest.raises(ConfigError, match="inconsistent robust claim"):
+        hub.push(lonely, REPO, endpoint=url, token=TOKEN)
     (tmp_path / "results.json").write_text(json.dumps(dict(res, model_digest="0" * 64)))
     with pytest.raises(ConfigError, match="results are for another model"):
         hub.push(lonely, REPO, endpoint=url, token=TOKEN)

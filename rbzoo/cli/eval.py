@@ -82,6 +82,11 @@ def _summary(r: dict, out: Optional[Path]) -> None:
                   f"model digest       {r['model_digest']}", highlight=False)
     for message in r["warnings"]:
         console.print(f"[yellow]warning:[/] {message}", highlight=False)
+    ev = r.get("evidence")
+    if ev:
+        per = f", {ev['bytes'] / ev['n']:.0f} bytes per break" if ev["n"] else ""
+        console.print(f"evidence: {ev['n']} adversarial examples in {ev['file']} ({ev['bytes']:,} bytes{per}), "
+                      f"sha256 {ev['sha256']}", highlight=False)
     where = f"; results in {out}" if out else ""
     state = f"; state in {r['state_dir']}" if r.get("state_dir") else ""
     console.print(f"{r['wall_s']:.1f} s on {r['device']}{where}{state}", highlight=False)
@@ -121,8 +126,10 @@ def eval_cmd(
                                                         "evaluation>: the same command resumes, with or without --out).")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Discard any saved state and start over.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file.")] = False,
-    numerics: Annotated[str, typer.Option("--numerics", callback=_check.names("--numerics", NUMERICS_PROFILES), help="Clean-pass numerics: verify (float32, TF32 off; the "
-                                          "reference), fast (TF32) or bf16; recorded with the certificate.")] = "verify",
+    numerics: Annotated[str, typer.Option("--numerics", callback=_check.names("--numerics", NUMERICS_PROFILES),
+                                          help="Numerics of the clean pass and the attack: verify (float32, "
+                                          "TF32 off; the reference), fast (TF32) or bf16; recorded in the results "
+                                          "and the evidence.")] = "verify",
 ) -> None:
     """Exact clean accuracy and AutoAttack robust accuracy of a checkpoint (resumable; shard it with torchrun)."""
     if out is not None:  # before torch loads (the library checks again)

@@ -127,6 +127,12 @@ def pull(
                                           "(float32, TF32 off), fast (TF32), bf16 (docs/numerics.md).")] = "verify",
     write_card: Annotated[bool, typer.Option("--write-card", help="Count-only cards: write the card with this "
                                              "machine's per-sample reference into the cards folder.")] = False,
+    robust: Annotated[bool, typer.Option("--robust", help="Also check the robust claim: every published adversarial "
+                                         "example is inside the threat model and misclassified (robust accuracy ≤ claim).")] = False,
+    spot_check: Annotated[Optional[str], typer.Option("--spot-check", metavar="K|all", help="With --robust: re-attack K "
+                          "random chunks (or all) with their recorded seeds and compare the robust flags.")] = None,
+    results: Annotated[Optional[Path], typer.Option("--results", help="With --write-card, imported entries: an `rbzoo "
+                       "eval` results file of this model (evidence beside it) whose robust claim the card then pins.")] = None,
     force: Annotated[bool, typer.Option("--force", help="With --write-card: replace an existing card.")] = False,
 ) -> None:
     """Download a zoo model and verify it: SHA-256, strict load, clean accuracy sample by sample.
@@ -144,12 +150,18 @@ def pull(
     if spec is None:
         raise ConfigError("give NAME, REPO_ID[@REV] or DIR to pull, or --list to see the zoo")
     _check.pull_spec(spec, cards_dir)  # a typo is answered before torch loads
+    spot = None
+    if spot_check is not None:
+        spot = "all" if spot_check == "all" else int(spot_check) if spot_check.isdigit() and int(spot_check) > 0 else None
+        if spot is None:
+            raise ConfigError(f"--spot-check takes a number of chunks >= 1 or 'all', got {spot_check!r}")
     from .. import zoo  # after --list: listing the zoo does not import torch
 
     with _Bars() as bars:
         r = zoo.pull(spec, data_dir=data_dir, verify=not no_verify, endpoint=endpoint, token=token, source=source,
                      cards_dir=cards_dir, device=device, progress=bars, bn_check=not no_bn_check, strict=strict,
-                     numerics=numerics, write_card=write_card, force=force)
+                     numerics=numerics, write_card=write_card, force=force, robust=robust or spot is not None,
+                     spot_check_chunks=spot, robust_results=results)
     _print_pull(spec, r)
 
 
@@ -178,6 +190,8 @@ def _print_pull(spec: str, r) -> None:
     console.print(table)
     if r.message:
         console.print(r.message, highlight=False, markup=False)
+    if r.robust_message:
+        console.print(r.robust_message, highlight=False, markup=False)
     for note in r.notes:
         console.print(f"note: {note}", highlight=False, markup=False)
     if r.status == "skipped":

@@ -14,9 +14,9 @@ from . import _check, app, console, err_console
 @app.command()
 def plot(
     kind: Annotated[str, typer.Argument(callback=_check.names("plot kind", PLOT_KINDS),
-                                        help="layers, structure, curves, attack, zoo or compare.")],
+                                        help="layers, structure, curves, attack, zoo, compare or breaks.")],
     inputs: Annotated[list[Path], typer.Argument(help="layers/structure: a checkpoint; curves: a run folder or metrics.jsonl; "
-                                                      "attack: a results JSON; zoo: cards (.md) and results (.json); "
+                                                      "attack, breaks: a results JSON; zoo: cards (.md) and results (.json); "
                                                       "compare: two checkpoints.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Image to write: .png, .pdf or .svg.")],
     data: Annotated[Optional[Path], typer.Option("--data", help="Also write the figure's numbers as JSON.")] = None,
@@ -26,8 +26,10 @@ def plot(
     trials: Annotated[int, typer.Option("--trials", min=1, help="structure: random placements for the baseline.")] = 100,
     seed: Annotated[int, typer.Option("--seed", help="structure: seed of the random placements.")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing image (and --data file).")] = False,
+    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="breaks: the test data (default $RBZOO_DATA or ./data).")] = None,
 ) -> None:
-    """Draw a figure: per-layer allocation, mask structure, training curves, attack stages, zoo, or mask overlap."""
+    """Draw a figure: per-layer allocation, mask structure, training curves, attack stages, zoo, mask overlap,
+    or stored adversarial examples beside their clean images (breaks)."""
     names = [n for item in layers or [] for n in item.split(",") if n.strip()] or None
     for path in inputs:
         _check.existing(path)
@@ -37,7 +39,7 @@ def plot(
     from .. import plot as rb_plot  # matplotlib costs ~0.6 s to import: only when plotting
 
     result = rb_plot.plot(kind, inputs, out, data_out=data, layers=names, ps=p, trials=trials, seed=seed,
-                            force=force)
+                            force=force, data_dir=data_dir)
     for s in result.get("skipped", []):
         err_console.print(f"warning: {s['path']}: {s['reason']}; left out", highlight=False, soft_wrap=True)
     console.print(f"wrote {out}" + (f" and {data}" if data else ""), highlight=False)

@@ -1,0 +1,177 @@
+"""A robust claim a pull can check: eval → push --to → pull --robust, spot checks, and forged evidence.
+
+One cheap evaluation (12 points in 3 chunks, APGD-CE with 3 iterations) is published honestly and
+in forged variants, each re-published through `rbzoo push --to` so that every hash the card pins
+stays consistent: only the checks of `pull --robust` / `--spot-check` can catch them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import rbzoo
+import rbzoo.data
+from rbzoo import hub, zoo
+from rbzoo.cli import main
+from rbzoo.errors import ConfigError, VerificationError
+from rbzoo.evaluate import EvalConfig, run_eval
+from rbzoo.evidence import EXACT, Encoded, Evidence, _deflate, read_evidence
+from rbzoo.exact import pack_flags, unpack_flags
+from rbzoo.robust_check import catch_probability
+
+from test_eval import trained_checkpoint  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+N, EPS = 12, 2 / 255
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained_checkpoint, cifar10_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("robust_eval") / "r.json"
+    r = run_eval(EvalConfig(model=str(trained_checkpoint), data_dir=str(cifar10_root), device="cpu", n_examples=N,
+                            chunk_size=4, eps=EPS, version="custom", attacks=["apgd-ce"], n_iter=3, n_restarts=1, seed=1,
+                            out=out, state=out.with_name("r.state")))
+    assert 0 < r["robust_correct"] < r["clean_correct"] - 1  # some broken, some robust: a non-trivial claim
+    return out
+
+
+def publish(ckpt: Path, src: Path, folder: Path, mutate=None) -> Path:
+    """Copy results + evidence, let `mutate(results, items)` forge them, fix every count and hash, push --to."""
+    work = folder.with_name(folder.name + ".src")
+    work.mkdir()
+    r = json.loads(src.read_text())
+    ev = read_evidence((src.parent / r["evidence"]["file"]).read_bytes(), n_examples=r["n_examples"], numel=3 * 32 * 32)
+    items = list(ev.items)
+    if mutate is not None:
+        items = mutate(r, items)
+    data = Evidence(items, ev.meta).to_bytes()
+    (work / "r.evidence.safetensors").write_bytes(data)
+    r["evidence"] = dict(r["evidence"], file="r.evidence.safetensors", sha256=hashlib.sha256(data).hexdigest(), n=len(items))
+    (work / "r.json").write_text(json.dumps(r))
+    hub.push(ckpt, to=folder, results=work / "r.json", cards_dir=work / "cards")
+    return folder
+
+
+def _pull(folder: Path, cifar10_root: Path, **kw):
+    return zoo.pull(str(folder), data_dir=cifar10_root, cards_dir=folder / "no-cards", **kw)
+
+
+def test_honest_round_trip_proves_every_break(evaluated, trained_checkpoint, cifar10_root, tmp_path, capsys):
+    folder = publish(trained_checkpoint, evaluated, tmp_path / "pub")
+    r = json.loads(evaluated.read_text())
+    card = zoo.load_card(folder / "README.md")
+    assert card.rb["claimed"]["evidence_sha256"] == hashlib.sha256((folder / "evidence.safetensors").read_bytes()).hexdigest()
+    assert card.rb["claimed"]["robust_correct"] == r["robust_correct"]
+    breaks = r["clean_correct"] - r["robust_correct"]
+    p = _pull(folder, cifar10_root, robust=True)
+    assert p.robust["proved"] == breaks and p.robust["bound_correct"] == r["robust_correct"]
+    assert p.robust_message.startswith(f"robust ≤ {100 * r['robust_correct'] / N:.2f} %: {breaks}/{breaks} breaks proved")
+    capsys.readouterr()
+    assert main(["pull", str(folder), "--data-dir", str(cifar10_root), "--spot-check", "all"]) == 0
+    out = capsys.readouterr().out
+    assert "3 of 3 chunks reproduced exactly" in out and "probability 100 %" in out, out
+    rec = [v for v in zoo.registry_entries().values() if v.get("path") == str(folder / "model.safetensors")]
+    assert rec and rec[-1]["robust"]["status"] == "proved" and rec[-1]["robust"]["spot_check"]["chunks"] == [0, 1, 2]
+
+
+def test_hidden_break_is_caught_by_spot_check_all(evaluated, trained_checkpoint, cifar10_root, tmp_path, capsys):
+    hidden = {}
+
+    def hide(r, items):  # flip one broken sample to "robust" and drop its evidence: counts stay consistent
+        flags = unpack_flags(r["robust_flags"], N)
+        e = items[0]
+        hidden["p"] = e.position
+        flags[e.position] = True
+        r.update(robust_flags=pack_flags(flags), robust_correct=r["robust_correct"] + 1,
+                 robust_acc=(r["robust_correct"] + 1) / N)
+        return items[1:]
+
+    folder = publish(trained_checkpoint, evaluated, tmp_path / "hidden", hide)
+    assert _pull(folder, cifar10_root, robust=True).robust["proved"] >= 1  # the evidence alone cannot see it
+    capsys.readouterr()
+    assert main(["pull", str(folder), "--data-dir", str(cifar10_root), "--spot-check", "all"]) == 3
+    err = capsys.readouterr().err
+    assert "robust claim refused" in err and str(hidden["p"]) in err and "\n" not in err.strip(), err
+
+
+def _exact(e: Encoded, image: torch.Tensor) -> Encoded:
+    return Encoded(e.position, e.label, e.adv_label, e.attack, EXACT, 0.0, _deflate(image.numpy().astype("<f4").tobytes()))
+
+
+@pytest.mark.parametrize("forgery", ["clean image", "outside eps", "outside [0, 1]"])
+def test_forged_examples_are_refused(forgery, evaluated, trained_checkpoint, cifar10_root, tmp_path, capsys):
+    ds = rbzoo.data.get_dataset("cifar10", "test", cifar10_root)
+
+    def forge(r, items):
+        e = items[0]
+        x = ds[e.position][0]
+        if forgery == "clean image":
+            adv = x
+        elif forgery == "outside eps":
+            adv = (x + 3 * EPS * torch.where(x < 0.5, 1.0, -1.0)).clamp(0, 1)
+        else:
+            adv = x - 0.9 * EPS  # inside the ball, below 0 where x < 0.9 ε
+            assert adv.min() < 0
+        return [_exact(e, adv)] + items[1:]
+
+    folder = publish(trained_checkpoint, evaluated, tmp_path / "forged", forge)
+    first = read_evidence((folder / "evidence.safetensors").read_bytes(), n_examples=N, numel=3072).items[0].position
+    capsys.readouterr()
+    assert main(["pull", str(folder), "--data-dir", str(cifar10_root), "--robust"]) == 3
+    err = capsys.readouterr().err.strip()
+    expected = {"clean image": "classified correctly", "outside eps": "outside the Linf ball", "outside [0, 1]": "outside [0, 1]"}
+    assert expected[forgery] in err and f"samples {first}" in err and "\n" not in err, err
+
+
+def test_broken_flag_without_evidence_is_refused(evaluated, trained_checkpoint, cifar10_root, tmp_path):
+    def drop(r, items):
+        return items[1:]  # the flag still says broken
+
+    with pytest.raises(ConfigError, match="inconsistent robust claim"):
+        publish(trained_checkpoint, evaluated, tmp_path / "dropped", drop)
+    # The same forgery written by hand (no push to refuse it): the pull refuses it, naming the sample.
+    folder = publish(trained_checkpoint, evaluated, tmp_path / "hand")
+    ev = read_evidence((folder / "evidence.safetensors").read_bytes(), n_examples=N, numel=3072)
+    lost, kept = ev.items[0].position, ev.items[1:]
+    moved = Encoded(int(np.flatnonzero(unpack_flags(json.loads(evaluated.read_text())["robust_flags"], N))[0]),
+                    *[getattr(ev.items[0], k) for k in ("label", "adv_label", "attack", "level", "scale", "payload")])
+    data = Evidence(sorted(kept + [moved], key=lambda e: e.position), ev.meta).to_bytes()  # counts kept
+    (folder / "evidence.safetensors").write_bytes(data)
+    r = json.loads((folder / "results.json").read_text())
+    r["evidence"]["sha256"] = hashlib.sha256(data).hexdigest()
+    (folder / "results.json").write_text(json.dumps(r))
+    card = (folder / "README.md").read_text()
+    pin = zoo.load_card(folder / "README.md").rb["claimed"]["evidence_sha256"]
+    (folder / "README.md").write_text(card.replace(pin, r["evidence"]["sha256"]))
+    with pytest.raises(VerificationError, match=rf"samples {lost} are flagged broken without evidence"):
+        _pull(folder, cifar10_root, robust=True)
+
+
+def test_near_ties_are_reported_not_failed(evaluated, trained_checkpoint, cifar10_root, tmp_path):
+    """Under bf16 (τ = 0.25) weak breaks are near-ties: reported, not counted, never a failure."""
+    folder = publish(trained_checkpoint, evaluated, tmp_path / "near")
+    p = _pull(folder, cifar10_root, robust=True, numerics="bf16", spot_check_chunks=1, spot_seed=0)
+    r = json.loads(evaluated.read_text())
+    assert "1 of 3 chunks reproduced within tolerance (another numerics profile: verify → bf16)" in p.robust_message
+    assert "caught with probability 33 %" in p.robust_message
+    near = p.robust["near_ties"]
+    assert near and "near-ties (adversarial margin < τ, not counted)" in p.robust_message
+    assert p.robust["proved"] + len(near) == r["clean_correct"] - r["robust_correct"]
+    assert p.robust["bound_correct"] >= r["robust_correct"] + len(near) - 1  # the bound loosens, nothing fails
+
+
+def test_official_entry_without_evidence_says_so_and_catch_probability():
+    from rbzoo.cards import load_cards
+    from rbzoo.constants import cards_dir
+
+    cards = [c for _, c in load_cards(cards_dir())]
+    assert len(cards) == 9 and all(c.rb["claimed"].get("evidence_sha256") is None for c in cards)
+    assert catch_probability(20, 2, 2) == pytest.approx(1 - (18 * 17) / (20 * 19))
+    assert catch_probability(8, 1, 8) == 1.0 and catch_probability(8, 0, 3) == 0.0
