@@ -25,7 +25,7 @@ from rbzoo import hub, verified, zoo
 from rbzoo._io import canonical_json
 from rbzoo.cards import build_card, load_card
 from rbzoo.cli import main
-from rbzoo.errors import VerificationError
+from rbzoo.errors import ConfigError, VerificationError
 from rbzoo.exact import predictions_digest
 from rbzoo.verdict import Certificate
 
@@ -164,7 +164,8 @@ def test_push_refuses_an_inconsistent_card(tiny_checkpoint, tmp_path, cifar10_ro
     bad = dict(res, robust_flags=pack_flags(flags), robust_correct=9, robust_acc=9 / 50,
                attack={"norm": "Linf", "eps": 8 / 255, "version": "standard"})
     (tmp_path / "bad.json").write_text(json.dumps(bad))
-    with pytest.raises(VerificationError, match="`results.json: robust_correct` says 9, but its robust_flags gives 3"):
+    # a robust claim needs the evidence of its breaks (tests/test_hub.py: counts against flags and evidence)
+    with pytest.raises(ConfigError, match="claims a robust accuracy but names no evidence file"):
         hub.push(tiny_checkpoint, to=tmp_path / "out2", results=tmp_path / "bad.json")
     assert not (tmp_path / "out1").exists() and not (tmp_path / "out2").exists()
 

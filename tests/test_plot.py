@@ -434,7 +434,7 @@ def test_python_api_matches_data_file(run, tmp_path):
     (["curves", "model.safetensors"], "metrics.jsonl"),
     (["attack", "model.safetensors"], "not a JSON file"),
     (["attack", "c10.md"], "not a JSON file"),
-    (["zoo", "model.safetensors"], "expected a model card (.md) or a results file (.json)"),
+    (["zoo", "model.safetensors"], "expected a model card (.md), a results file or a reproduction report (.json)"),
     (["compare", "model.safetensors"], "plot compare takes 2 inputs, got 1"),
     (["compare", "model.safetensors", "results.json"], "not a valid safetensors file"),
     (["heatmap", "model.safetensors"], "unknown plot kind 'heatmap'"),

@@ -236,12 +236,12 @@ def test_cifar_entry_end_to_end(cifar10_root, tmp_path):
     and evaluation, PGD-1 robust accuracy on 16 images."""
     run = tmp_path / "run"
     args = ["reproduce", "rn18-cifar10-pgd", "--out", str(run), "--data-dir", str(cifar10_root), "--epochs", "1",
-            "--set", "arch=tiny_resnet", "--set", "width=4", "--set", "cpu_threads=1", "--set", "attack.steps=2",
+            "--set", "arch=tiny_resnet", "--set", "width=4", "--set", "cpu_threads=1", "--set", "batch_size=32", "--set", "attack.steps=2",
             "--set", "eval_attack.steps=2", "--pgd", "1", "--n-examples", "16"]
     assert main(args) == 0
     r = json.loads((run / "reproduction.json").read_text())
     assert r["entry"] == "rn18-cifar10-pgd" and r["dataset"] == "cifar10" and r["training"]["epochs_done"] == 1
-    assert {d["key"] for d in r["deviations"]} == {"arch", "width", "epochs", "attack.steps", "eval_attack.steps"}
+    assert {d["key"] for d in r["deviations"]} == {"arch", "width", "batch_size", "epochs", "attack.steps", "eval_attack.steps"}
     ev = json.loads((run / "reproduction.eval.json").read_text())
     assert ev["dataset"] == "cifar10" and ev["n_examples"] == 16 and ev["attack"]["version"] == "pgd"
     assert r["clean"]["verdict"] == judge(72.35, ev["clean_correct"], 16)["verdict"]
