@@ -401,10 +401,11 @@ def test_ctrl_c_exits_130_and_says_how_to_resume(tmp_path):
     # enough chunks that the run is still busy when the signal lands (a finished one dies of it)
     cmd = ["eval", str(run), "--n-examples", "40", "--chunk-size", "2", "--pgd", "100", "--out", str(out),
            "--device", "cpu"]
-    proc = _start(cmd, tmp_path)
     states = Path(os.environ["RBZOO_HOME"]) / "eval-state"  # keyed by the evaluation, not by --out
-    _wait_for(proc, lambda: any(states.glob("*/chunk-*.json")))
-    (state,) = {p.parent for p in states.glob("*/chunk-*.json")}
+    earlier = set(states.glob("*/chunk-*.json"))  # other tests' evaluations share RBZOO_HOME
+    proc = _start(cmd, tmp_path)
+    _wait_for(proc, lambda: set(states.glob("*/chunk-*.json")) - earlier)
+    (state,) = {p.parent for p in set(states.glob("*/chunk-*.json")) - earlier}
     err = _interrupt(proc)
     assert err.splitlines()[-1] == f"error: interrupted; resume with: {shlex.join(['rbzoo', *cmd])}", err
     saved = {p.name: p.read_bytes() for p in state.glob("chunk-*.json")}

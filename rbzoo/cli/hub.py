@@ -225,7 +225,10 @@ def _print_zoo(cards_dir) -> None:
     # Narrower than _WIDE_ZOO columns: the columns a name does not already say (rn34-cifar10-pgd), never a cut name.
     wide = console.width >= _WIDE_ZOO
     cols = _ZOO_COLUMNS if wide else ("name", "k", "clean", "robust", "size", "status")
-    table = Table(title=f"rbzoo model zoo ({len(entries)} model{'' if len(entries) == 1 else 's'})",
+    models = sum(e.card.kind != "reference" for e in entries)  # a reference entry publishes no model
+    refs = len(entries) - models
+    table = Table(title=f"rbzoo model zoo ({models} model{'' if models == 1 else 's'}"
+                        f"{f', {refs} reference' if refs else ''})",
                   box=box.HEAVY_HEAD if wide else box.SIMPLE_HEAD, pad_edge=wide)
     for col in cols:
         table.add_column(col, justify="right" if col in ("k", "clean", "robust", "size") else "left",
