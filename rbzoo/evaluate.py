@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from .checkpoint import build, checkpoint_dataset, read
 from .data import DEFAULT_EPS, get_dataset, get_spec
 from .constants import NORMS, SUBSETS, choose, rbzoo_home
 from .distributed import resolve_device
-from .errors import ConfigError, DataError, RbzooWarning
+from .errors import ConfigError, DataError
 from .evidence import CODEC as EVIDENCE_CODEC
 from .evidence import FORMAT as EVIDENCE_FORMAT
 from .evidence import Evidence
@@ -158,9 +157,6 @@ def run_eval(config: EvalConfig, *, progress: Callable[[str, int, int], None] | 
     dataset = get_dataset(name, config.split, config.data_dir, download=config.download)
     indices = select_indices(len(dataset), config.n_examples, config.subset, config.subset_seed)
     warns = [f"rbzoo: the checkpoint was trained on {recorded}, evaluated on {name}"] if recorded and recorded != name else []
-    if config.batch_size > len(indices) and shard.is_main:  # one batch of all: the same result, said once
-        warnings.warn(f"batch size {config.batch_size:,} is larger than the {len(indices):,} evaluated images: "
-                      f"they are evaluated in one batch", RbzooWarning)
 
     with process_group(shard, device):
         model = build(ckpt, device)

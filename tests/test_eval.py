@@ -348,12 +348,3 @@ def test_resume_with_other_eps_or_model_is_refused(reference, trained_checkpoint
         assert rc != 0 and "belongs to a different evaluation" in err and message in err and "\n" not in err, err
         assert not out.exists()
     assert {p.name: p.read_bytes() for p in Path(state).iterdir()} == before  # the state is left as it was
-
-
-def test_batch_size_beyond_the_data_is_noted_once(tiny_checkpoint, cifar10_root, capsys):
-    from rbzoo.cli import main
-
-    assert main(["eval", str(tiny_checkpoint), "--data-dir", str(cifar10_root), "--clean-only", "--n-examples", "10",
-                 "--batch-size", "100000000000000"]) == 0
-    err = capsys.readouterr().err
-    assert err.count("warning:") == 1 and "batch size 100,000,000,000,000 is larger than the 10 evaluated images" in err
