@@ -141,15 +141,21 @@ def _parse_report(data: bytes, path: Path) -> dict:
         raise ConfigError(f"{path}: not a reproduction report (invalid JSON: {e})") from None
     if not isinstance(r, dict) or r.get(REPORT_KEY) != REPORT_VERSION:
         raise ConfigError(f"{path}: not a reproduction report (no {REPORT_KEY}: {REPORT_VERSION})")
-    try:
+    def well_formed() -> bool:  # a check, not `assert`: `python -O` would drop those
         for key in ("clean", "robust"):
             j = r[key]
-            if key == "clean" or j is not None:
-                assert isinstance(j["ours"], (int, float)) and isinstance(j["n"], int) and len(j["wilson95"]) == 2
-                assert j["verdict"] in VERDICTS + (None,)
-        assert isinstance(r["entry"], str) and isinstance(r["model"]["digest"], str)
-    except (KeyError, TypeError, AssertionError):
-        raise ConfigError(f"{path}: malformed reproduction report (clean, robust, entry or model digest)") from None
+            if (key == "clean" or j is not None) and not (
+                    isinstance(j["ours"], (int, float)) and isinstance(j["n"], int) and len(j["wilson95"]) == 2
+                    and j["verdict"] in VERDICTS + (None,)):
+                return False
+        return isinstance(r["entry"], str) and isinstance(r["model"]["digest"], str)
+
+    try:
+        ok = well_formed()
+    except (KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"{path}: malformed reproduction report (clean, robust, entry or model digest)")
     return r
 
 

@@ -33,14 +33,9 @@ from .errors import VerificationError
 from .evidence import BreakCheck, Encoded, Evidence, check_breaks
 from .exact import numerics, ordered_batches, unpack_flags
 from .robust import ChunkRecord, chunk_seed, make_attack_spec, run_chunk
-from .verdict import MAX_NAMED, Certificate
+from .verdict import MAX_NAMED, Certificate, named
 
 ATTACK_KEYS = ("norm", "eps", "version", "attacks", "seed", "chunk_size", "n_iter", "n_restarts", "n_queries", "numerics")
-
-
-def _named(positions) -> str:
-    p = [int(i) for i in positions]
-    return ", ".join(map(str, p[:MAX_NAMED])) + (", …" if len(p) > MAX_NAMED else "")
 
 
 def robust_flags(results: dict) -> np.ndarray:
@@ -73,7 +68,7 @@ def check_consistency(results: dict, evidence: Evidence, cert: Certificate, labe
                                     f"{int(correct.sum())} on this data")
         wrong_robust = np.flatnonzero(flags & ~correct)
         if len(wrong_robust):
-            raise VerificationError(f"results: samples {_named(wrong_robust)} are flagged robust but not even clean-correct")
+            raise VerificationError(f"results: samples {named(wrong_robust)} are flagged robust but not even clean-correct")
         broken = np.flatnonzero(correct & ~flags)
     else:
         broken = np.flatnonzero(~flags & np.isin(np.arange(n), stored))
@@ -82,10 +77,10 @@ def check_consistency(results: dict, evidence: Evidence, cert: Certificate, labe
                                 f"{len(evidence.items)} stored breaks")
     missing = np.setdiff1d(broken, stored)
     if len(missing):
-        raise VerificationError(f"samples {_named(missing)} are flagged broken without evidence (no stored adversarial example)")
+        raise VerificationError(f"samples {named(missing)} are flagged broken without evidence (no stored adversarial example)")
     extra = np.setdiff1d(stored, broken)
     if len(extra):
-        raise VerificationError(f"samples {_named(extra)} have stored examples but are not flagged broken")
+        raise VerificationError(f"samples {named(extra)} have stored examples but are not flagged broken")
     for p in broken:
         e = items[int(p)]
         if cert.labels[p] != e.label:
@@ -123,7 +118,7 @@ class RobustVerdict:
     def message(self) -> str:
         line = (f"robust ≤ {100.0 * self.bound / self.n:.2f} %: {len(self.proved)}/{self.breaks} breaks proved")
         if len(self.near_ties):
-            line += f", {len(self.near_ties)} near-ties (adversarial margin < τ, not counted): {_named(self.near_ties)}"
+            line += f", {len(self.near_ties)} near-ties (adversarial margin < τ, not counted): {named(self.near_ties)}"
         if self.spot:
             line += f"; {self.spot['message']}"
         return line
@@ -155,17 +150,17 @@ def prove_breaks(model: nn.Module, dataset: Dataset, indices, results: dict, evi
                                        tau=tau)
     bad_label = chk.positions[~chk.label_ok]
     if len(bad_label):
-        raise VerificationError(f"samples {_named(bad_label)}: the stored true label is not the test data's")
+        raise VerificationError(f"samples {named(bad_label)}: the stored true label is not the test data's")
     outside = chk.positions[~chk.ball]
     if len(outside):
-        raise VerificationError(f"samples {_named(outside)}: the stored adversarial example is outside the "
+        raise VerificationError(f"samples {named(outside)}: the stored adversarial example is outside the "
                                 f"{attack['norm']} ball of radius {float(attack['eps']):.6g}")
     box = chk.positions[~chk.box]
     if len(box):
-        raise VerificationError(f"samples {_named(box)}: the stored adversarial example is outside [0, 1]")
+        raise VerificationError(f"samples {named(box)}: the stored adversarial example is outside [0, 1]")
     invalid = chk.invalid
     if len(invalid):
-        raise VerificationError(f"samples {_named(invalid)}: the stored adversarial example is classified correctly "
+        raise VerificationError(f"samples {named(invalid)}: the stored adversarial example is classified correctly "
                                 f"by the model (adversarial margin ≤ −τ = {-tau:.0e}): not a break")
     return RobustVerdict(n, int(results["robust_correct"]), len(broken), chk.proved, chk.near_ties,
                          int((~clean_correct_here).sum()))
@@ -228,9 +223,9 @@ def spot_check(model: nn.Module, dataset: Dataset, indices, results: dict, evide
                f"would have been caught with probability {100 * p:.0f} %")
     if mismatch:
         raise VerificationError(f"spot check: re-attacking chunks {chosen[:MAX_NAMED]} on the same numerics profile gives "
-                                f"other robust flags or evidence for samples {_named(sorted(set(mismatch)))}")
+                                f"other robust flags or evidence for samples {named(sorted(set(mismatch)))}")
     if hidden:
-        raise VerificationError(f"spot check: samples {_named(hidden)} are claimed robust, but the re-run attack "
+        raise VerificationError(f"spot check: samples {named(hidden)} are claimed robust, but the re-run attack "
                                 f"breaks them (proved, margin ≥ τ): breaks were hidden")
     return {"chunks": chosen, "n_chunks": n_chunks, "same_profile": same_profile, "catch_probability": p,
             "hidden_chunks_assumed": hide, "near_ties": [int(i) for i in near], "message": message}

@@ -215,8 +215,10 @@ MAX_NAMED = 10  # sample indices a message names
 STATUSES = ("exact", "tolerance", "count only", "failed")
 
 
-def _named(idx: np.ndarray) -> str:
-    return ", ".join(str(int(i)) for i in idx[:MAX_NAMED]) + (", …" if len(idx) > MAX_NAMED else "")
+def named(idx) -> str:
+    """Sample indices for a message: the first MAX_NAMED, then "…"."""
+    p = [int(i) for i in idx]
+    return ", ".join(map(str, p[:MAX_NAMED])) + (", …" if len(p) > MAX_NAMED else "")
 
 
 @dataclass(frozen=True, eq=False)
@@ -256,11 +258,11 @@ class Verdict:
         k = len(self.differing)
         if self.status == "tolerance":
             return (f"verified within numerical tolerance: {k} of {self.n} samples differ, all near-ties of this "
-                    f"evaluation (relative top-2 margin < {self.tau:.0e}): indices {_named(self.differing)}")
+                    f"evaluation (relative top-2 margin < {self.tau:.0e}): indices {named(self.differing)}")
         told = (f"; the reference's own margins call {self.claimed_near} of them near-ties (reported, not trusted)"
                 if self.claimed_near else "")
         return (f"failed: {len(self.outside)} of {self.n} samples differ outside this evaluation's near-ties "
-                f"(margin ≥ {self.tau:.0e}): indices {_named(self.outside)}; {k} differ in all{told}")
+                f"(margin ≥ {self.tau:.0e}): indices {named(self.outside)}; {k} differ in all{told}")
 
 
 def degenerate(here: Certificate) -> str | None:

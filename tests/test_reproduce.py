@@ -261,3 +261,21 @@ def test_differences_name_nested_keys():
     assert differences(entry, run) == [{"key": "attack.steps", "entry": 10, "run": 2},
                                        {"key": "keep", "entry": 0.01, "run": 0.05}]
     assert differences(entry, dict(entry)) == []
+
+
+@pytest.mark.parametrize("report", [
+    {"clean": {"ours": 98.3, "n": 360, "wilson95": [96.4, 99.2], "verdict": "reproduced"}, "robust": None,
+     "entry": "quickstart", "model": {}},
+    {"clean": {"ours": "98.3", "n": 360, "wilson95": [96.4, 99.2], "verdict": "reproduced"}, "robust": None,
+     "entry": "quickstart", "model": {"digest": "0" * 64}},
+    {"clean": {"ours": 98.3, "n": 360, "wilson95": [96.4, 99.2], "verdict": "fine"}, "robust": None,
+     "entry": "quickstart", "model": {"digest": "0" * 64}},
+])
+def test_malformed_report_is_refused_with_one_line(tmp_path, report):
+    from rbzoo.errors import ConfigError
+    from rbzoo.reproduction import REPORT_KEY, REPORT_VERSION, for_card
+
+    path = tmp_path / "reproduction.json"
+    path.write_text(json.dumps({REPORT_KEY: REPORT_VERSION, **report}))
+    with pytest.raises(ConfigError, match="malformed reproduction report"):
+        for_card(path, "0" * 64)
