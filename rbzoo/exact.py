@@ -48,7 +48,7 @@ def check_profile(profile: str) -> str:
 def _backend_flags() -> tuple:
     return (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
             torch.backends.cudnn.deterministic, torch.are_deterministic_algorithms_enabled(),
-            torch.is_deterministic_algorithms_warn_only_enabled())
+            torch.is_deterministic_algorithms_warn_only_enabled(), torch.utils.deterministic.fill_uninitialized_memory)
 
 
 def _set_backend_flags(tf32: bool, benchmark: bool, deterministic: bool, warn_only: bool = True) -> None:
@@ -57,6 +57,10 @@ def _set_backend_flags(tf32: bool, benchmark: bool, deterministic: bool, warn_on
     torch.backends.cudnn.benchmark = benchmark
     torch.backends.cudnn.deterministic = deterministic
     torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+    # Deterministic mode would also fill every new tensor with NaN, a debugging aid that cost an
+    # attack 5-7 % on CPU (bench/bench_evidence.py) and changes no result of a kernel that writes
+    # its output (APGD on CPU: bit-identical adversarial examples with and without it).
+    torch.utils.deterministic.fill_uninitialized_memory = False
 
 
 @contextmanager
@@ -81,6 +85,7 @@ def numerics(profile: str = DEFAULT_PROFILE, device: str | torch.device = "cpu")
         (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
          torch.backends.cudnn.deterministic) = saved[:4]
         torch.use_deterministic_algorithms(saved[4], warn_only=saved[5])
+        torch.utils.deterministic.fill_uninitialized_memory = saved[6]
 
 
 def pinned_numerics():
