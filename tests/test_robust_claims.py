@@ -175,3 +175,49 @@ def test_official_entry_without_evidence_says_so_and_catch_probability():
     assert len(cards) == 9 and all(c.rb["claimed"].get("evidence_sha256") is None for c in cards)
     assert catch_probability(20, 2, 2) == pytest.approx(1 - (18 * 17) / (20 * 19))
     assert catch_probability(8, 1, 8) == 1.0 and catch_probability(8, 0, 3) == 0.0
+
+
+# --- sizes are bounded before anything is read ---------------------------------------------------
+
+HUGE = 1 << 40  # a sparse file: reading it whole would exhaust memory, refusing it costs a stat
+
+
+def _grow(path: Path, size: int = HUGE) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(size)
+
+
+@pytest.mark.parametrize("name", ["evidence.safetensors", "results.json"])
+def test_oversized_published_file_is_refused_unread_on_pull(name, evaluated, trained_checkpoint, cifar10_root, tmp_path,
+                                                            capsys):
+    from rbzoo.constants import MAX_RESULTS_BYTES
+    from rbzoo.evidence import max_evidence_bytes
+
+    folder = publish(trained_checkpoint, evaluated, tmp_path / "big")
+    _grow(folder / name)
+    capsys.readouterr()
+    assert main(["pull", str(folder), "--data-dir", str(cifar10_root), "--robust"]) == 3
+    err = capsys.readouterr().err.strip()
+    limit = max_evidence_bytes(N, 3 * 32 * 32) if name == "evidence.safetensors" else MAX_RESULTS_BYTES
+    assert f"{name}: {HUGE:,} bytes is more than {limit:,}" in err and "\n" not in err, err
+
+
+@pytest.mark.parametrize("name", ["evidence", "results"])
+def test_oversized_local_input_is_refused_unread_on_push(name, evaluated, trained_checkpoint, tmp_path, capsys):
+    from rbzoo.constants import MAX_RESULTS_BYTES
+    from rbzoo.evidence import max_evidence_bytes
+
+    work = tmp_path / "in"
+    work.mkdir()
+    r = json.loads(evaluated.read_text())
+    shutil.copy(evaluated.parent / r["evidence"]["file"], work / r["evidence"]["file"])
+    shutil.copy(evaluated, work / "r.json")
+    big = work / (r["evidence"]["file"] if name == "evidence" else "r.json")
+    _grow(big)
+    capsys.readouterr()
+    assert main(["push", str(trained_checkpoint), "--to", str(tmp_path / "pub"), "--results", str(work / "r.json"),
+                 "--cards-dir", str(work / "cards")]) == 2
+    err = capsys.readouterr().err.strip()
+    limit = max_evidence_bytes(N, 3 * 32 * 32) if name == "evidence" else MAX_RESULTS_BYTES
+    assert f"{big}: {HUGE:,} bytes is more than {limit:,}" in err and "\n" not in err, err
+    assert not (tmp_path / "pub").exists()
