@@ -185,11 +185,18 @@ def test_reference_run_evidence(reference, trained_checkpoint, cifar10_root):
 
 
 def test_l2_autoattack_end_to_end_with_l2_evidence(trained_checkpoint, cifar10_root, tmp_path):
+    """`rbzoo eval --norm L2` → push --to → pull --robust. The stored perturbations are L2-shaped: inside
+    the L2 ball, yet with pixels moved far beyond what an L∞ attack of the same L2 size could (eps/√d),
+    so an L2 request run as L∞ (at eps, or at eps/√d) fails here."""
+    from rbzoo import hub, zoo
+    from rbzoo.cli import main
+
     out = tmp_path / "l2.json"
     eps = 0.5
-    r = run_eval(EvalConfig(model=str(trained_checkpoint), data_dir=str(cifar10_root), device="cpu", n_examples=8,
-                            chunk_size=8, norm="L2", eps=eps, version="custom", attacks=["apgd-ce"], n_iter=5, n_restarts=1,
-                            out=out, state=tmp_path / "l2.state"))
+    assert main(["eval", str(trained_checkpoint), "--data-dir", str(cifar10_root), "--device", "cpu", "--n-examples", "8",
+                 "--chunk-size", "8", "--norm", "L2", "--eps", str(eps), "--version", "custom", "--attacks", "apgd-ce",
+                 "--n-iter", "5", "--n-restarts", "1", "--out", str(out), "--state", str(tmp_path / "l2.state")]) == 0
+    r = json.loads(out.read_text())
     assert r["attack"]["norm"] == "L2" and r["evidence"]["n"] == r["clean_correct"] - r["robust_correct"] > 0
     r, ev = check_results_evidence(out, trained_checkpoint, cifar10_root)
     ds = rbzoo.data.get_dataset("cifar10", "test", cifar10_root)
@@ -202,6 +209,12 @@ def test_l2_autoattack_end_to_end_with_l2_evidence(trained_checkpoint, cifar10_r
     # An L∞ attack of radius 0.5 would move pixels by up to 0.5, far outside the L2 ball; an L2
     # attack spends its budget on few pixels: its L∞ size is well above eps/sqrt(d).
     assert max(linf for _, linf in norms) > eps / np.sqrt(3 * 32 * 32) * 3
+
+    folder = tmp_path / "pub"
+    hub.push(trained_checkpoint, to=folder, results=out, cards_dir=tmp_path / "cards")
+    p = zoo.pull(str(folder), data_dir=cifar10_root, cards_dir=tmp_path / "cards", robust=True)
+    breaks = r["clean_correct"] - r["robust_correct"]
+    assert p.robust["proved"] + len(p.robust["near_ties"]) == breaks and p.robust["bound_correct"] >= r["robust_correct"]
 
 
 def test_plot_breaks_shows_stored_examples_with_both_labels(reference, cifar10_root, tmp_path):
