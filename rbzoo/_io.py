@@ -10,8 +10,13 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from .constants import MAX_RESULTS_BYTES
 from .errors import OutputExistsError
+
+# The most bytes a results JSON (or a certificate JSON) may have; larger files are refused before
+# they are read (read_json). Real ones are small: a 50,000-sample evaluation's per-sample
+# certificate (17-bit labels, float16 margins, base64) and robust flags take about 0.3 MB, so 256 MiB
+# is headroom no honest file meets, while a hostile one cannot make a reader allocate more.
+MAX_RESULTS_BYTES = 256 << 20
 
 
 def _umask() -> int:

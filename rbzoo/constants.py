@@ -30,11 +30,6 @@ NORMALIZATION = {
 # built) and the certificate's, so every model that loads can be certified (labels pack in 17 bits).
 MAX_CLASSES = 100_000
 
-# The most bytes a results JSON (or a certificate JSON) may have; larger files are refused before
-# they are read. The real ones are small: a 50,000-sample evaluation's per-sample certificate and
-# flags take a few MB, so 256 MiB is generous headroom, not a limit anyone meets.
-MAX_RESULTS_BYTES = 256 << 20
-
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _TRUE = ("1", "true", "yes", "on")
 

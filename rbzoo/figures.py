@@ -19,10 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import file_sha256, read_bounded
+from ._io import MAX_RESULTS_BYTES, file_sha256, read_bounded
 from .cards import split_front_matter
 from .checkpoint import Checkpoint, LayerRecord, read
-from .constants import MAX_RESULTS_BYTES
 from .errors import CheckpointError, ConfigError, DataError
 from .labels import attack_label, eps_label
 from .layers import kept_count

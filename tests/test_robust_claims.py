@@ -190,7 +190,7 @@ def _grow(path: Path, size: int = HUGE) -> None:
 @pytest.mark.parametrize("name", ["evidence.safetensors", "results.json"])
 def test_oversized_published_file_is_refused_unread_on_pull(name, evaluated, trained_checkpoint, cifar10_root, tmp_path,
                                                             capsys):
-    from rbzoo.constants import MAX_RESULTS_BYTES
+    from rbzoo._io import MAX_RESULTS_BYTES
     from rbzoo.evidence import max_evidence_bytes
 
     folder = publish(trained_checkpoint, evaluated, tmp_path / "big")
@@ -204,7 +204,7 @@ def test_oversized_published_file_is_refused_unread_on_pull(name, evaluated, tra
 
 @pytest.mark.parametrize("name", ["evidence", "results"])
 def test_oversized_local_input_is_refused_unread_on_push(name, evaluated, trained_checkpoint, tmp_path, capsys):
-    from rbzoo.constants import MAX_RESULTS_BYTES
+    from rbzoo._io import MAX_RESULTS_BYTES
     from rbzoo.evidence import max_evidence_bytes
 
     work = tmp_path / "in"
