@@ -345,7 +345,7 @@ def _local_reference(model_digest: str, data_sha256: str) -> Certificate | None:
     if not path.is_file():
         return None
     try:
-        return Certificate.from_json(json.loads(path.read_text("utf-8")))
+        return Certificate.from_json(read_json(path, "certificate JSON", VerificationError))
     except (OSError, ValueError, RbzooError):
         return None  # a cache: an unreadable one only means comparing counts again
 

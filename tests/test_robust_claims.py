@@ -221,3 +221,24 @@ def test_oversized_local_input_is_refused_unread_on_push(name, evaluated, traine
     limit = max_evidence_bytes(N, 3 * 32 * 32) if name == "evidence" else MAX_RESULTS_BYTES
     assert f"{big}: {HUGE:,} bytes is more than {limit:,}" in err and "\n" not in err, err
     assert not (tmp_path / "pub").exists()
+
+
+def test_oversized_evidence_on_the_hub_is_refused_unread(server, evaluated, trained_checkpoint, cifar10_root, tmp_path):
+    """The same bound on a Hub download: an evidence file one byte past what the card's evaluation can
+    need is refused (exit 3), naming the repo, the commit and both sizes, before it is hashed or parsed."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+    from hub_server import TEST_TOKEN
+
+    from rbzoo.evidence import max_evidence_bytes
+
+    repo = "test-user/big-evidence"
+    hub.push(trained_checkpoint, repo, results=evaluated, endpoint=server.url, token=TEST_TOKEN,
+             cards_dir=tmp_path / "cards")
+    limit = max_evidence_bytes(N, 3 * 32 * 32)
+    commit = HfApi(endpoint=server.url, token=TEST_TOKEN).create_commit(
+        repo, operations=[CommitOperationAdd("evidence.safetensors", b"\0" * (limit + 1))], commit_message="grow").oid
+    with pytest.raises(VerificationError) as e:
+        zoo.pull(repo, data_dir=cifar10_root, endpoint=server.url, token=TEST_TOKEN, cards_dir=tmp_path / "cards",
+                 robust=True)
+    assert str(e.value).startswith(f"{repo}@{commit[:12]}: the published evidence.safetensors: {limit + 1:,} bytes is "
+                                   f"more than {limit:,}"), e.value
