@@ -12,6 +12,12 @@ from pathlib import Path
 
 from .errors import OutputExistsError
 
+# The most bytes a results JSON (or a certificate JSON) may have; larger files are refused before
+# they are read (read_json). Real ones are small: a 50,000-sample evaluation's per-sample
+# certificate (17-bit labels, float16 margins, base64) and robust flags take about 0.3 MB, so 256 MiB
+# is headroom no honest file meets, while a hostile one cannot make a reader allocate more.
+MAX_RESULTS_BYTES = 256 << 20
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -97,13 +103,41 @@ def file_sha256(path: str | os.PathLike, algorithm: str = "sha256") -> tuple[str
     return h.hexdigest(), n
 
 
-def read_json(path: str | os.PathLike, what: str, error: type[Exception]):
-    """The JSON value in `path`; an unreadable file or invalid JSON raises `error` with one line naming
-    the file and `what` it should hold."""
+def _read_at_most(path: str | os.PathLike, limit: int, error: type[Exception], what: str, name: str) -> bytes:
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            raise error(f"{name}: {size:,} bytes is more than {limit:,}, the most {what} can be; refusing to read it")
+        data = f.read(size + 1)  # one byte more than the size seen: a file that grew since shows it
+    if len(data) > size:
+        raise error(f"{name}: grew while being read (from {size:,} bytes; {what} can be at most {limit:,}); "
+                    f"refusing it")
+    return data
+
+
+def read_bounded(path: str | os.PathLike, limit: int, error: type[Exception], *, what: str = "this file",
+                 name: str | None = None) -> bytes:
+    """The bytes of `path`, never more than `limit`: its size is checked before anything is read (an
+    oversized file is refused without being loaded) and again on what was read. A larger file, or
+    one that cannot be read, raises `error` with one line naming the file (`name`, default its
+    path), its size and the limit; `what` says what the file is ("a results JSON")."""
+    name = str(path) if name is None else name
     try:
-        return json.loads(Path(path).read_text("utf-8"))
+        return _read_at_most(path, limit, error, what, name)
+    except OSError as e:
+        raise error(f"{name}: cannot read {what} ({e.strerror or e})") from None
+
+
+def read_json(path: str | os.PathLike, what: str, error: type[Exception], *, limit: int = MAX_RESULTS_BYTES,
+              name: str | None = None):
+    """The JSON value in `path` (at most `limit` bytes, checked before reading, see :func:`read_bounded`);
+    an unreadable file or invalid JSON raises `error` with one line naming the file (`name`, default
+    its path) and `what` it should hold."""
+    label = str(path) if name is None else name
+    try:
+        return json.loads(_read_at_most(path, limit, error, f"a {what}", label).decode("utf-8"))
     except (OSError, ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
-        raise error(f"{path}: not a readable {what} ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})") from None
+        raise error(f"{label}: not a readable {what} ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})") from None
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

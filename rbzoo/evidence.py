@@ -240,14 +240,25 @@ class Evidence:
         return save(arrays, metadata=meta)
 
 
+def max_evidence_bytes(n_examples: int, numel: int) -> int:
+    """The most bytes the evidence of an evaluation of `n_examples` images of `numel` values can
+    take: every example stored exactly (float32, deflate's worst-case growth) with its fields, plus
+    the header; never more than MAX_EVIDENCE_BYTES. Readers refuse a larger file before reading it
+    (:func:`rbzoo._io.read_bounded`), and :func:`read_evidence` refuses larger bytes."""
+    raw = 4 * numel
+    deflated = raw + (raw >> 12) + (raw >> 14) + (raw >> 25) + 13  # zlib's compressBound
+    return min(max(int(n_examples), 0) * (deflated + 64) + 4096, MAX_EVIDENCE_BYTES)
+
+
 def read_evidence(data: bytes, *, n_examples: int, numel: int) -> Evidence:
     """Parse untrusted evidence bytes; every size is bounded by the evaluation it claims to be of."""
     from safetensors import SafetensorError
     from safetensors.numpy import load
 
-    limit = n_examples * (4 * numel + 64) + 4096
-    if len(data) > min(limit, MAX_EVIDENCE_BYTES):
-        raise VerificationError(f"evidence: {len(data):,} bytes is more than {n_examples} examples can need")
+    limit = max_evidence_bytes(n_examples, numel)
+    if len(data) > limit:
+        raise VerificationError(f"evidence: {len(data):,} bytes is more than {limit:,}, the most the evidence of "
+                                f"{n_examples} examples can be")
     if len(data) < 8 or int.from_bytes(data[:8], "little") > len(data) - 8:
         raise VerificationError("evidence: not a safetensors file")
     try:

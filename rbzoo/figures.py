@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import file_sha256
+from ._io import MAX_RESULTS_BYTES, file_sha256, read_bounded
 from .cards import split_front_matter
 from .checkpoint import Checkpoint, LayerRecord, read
 from .errors import CheckpointError, ConfigError, DataError
@@ -389,7 +389,7 @@ def read_json(path: str | os.PathLike) -> dict:
     if not p.is_file():
         raise DataError(f"no such file: {path}")
     try:
-        obj = json.loads(p.read_bytes().decode("utf-8"))
+        obj = json.loads(read_bounded(p, MAX_RESULTS_BYTES, DataError, what="a results JSON").decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise DataError(f"{path}: not a JSON file; expected an `rbzoo eval --out` results file") from None
     if not isinstance(obj, dict):
@@ -672,7 +672,7 @@ def results_evidence(results_path: str | os.PathLike, r: dict):
     """The evidence file a results file names, checked against its SHA-256 and read (bounded)."""
     import hashlib
 
-    from .evidence import read_evidence
+    from .evidence import max_evidence_bytes, read_evidence
 
     ev = r.get("evidence")
     if not isinstance(ev, dict) or not isinstance(ev.get("file"), str):
@@ -681,13 +681,14 @@ def results_evidence(results_path: str | os.PathLike, r: dict):
     path = Path(results_path).parent / ev["file"]
     if not path.is_file():
         raise DataError(f"{results_path}: its evidence file {path} is missing")
-    data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != ev.get("sha256"):
-        raise DataError(f"{path}: SHA-256 differs from the one {results_path} records")
     from .data import get_spec
 
-    spec = get_spec(r.get("dataset"))
-    return read_evidence(data, n_examples=int(r.get("n_examples") or 0), numel=spec.channels * spec.image_size ** 2)
+    spec, n = get_spec(r.get("dataset")), int(r.get("n_examples") or 0)
+    numel = spec.channels * spec.image_size ** 2
+    data = read_bounded(path, max_evidence_bytes(n, numel), DataError, what=f"the evidence of {n} samples")
+    if hashlib.sha256(data).hexdigest() != ev.get("sha256"):
+        raise DataError(f"{path}: SHA-256 differs from the one {results_path} records")
+    return read_evidence(data, n_examples=n, numel=numel)
 
 
 def breaks_data(results: str | os.PathLike, data_dir=None, count: int = 6) -> tuple[dict, list]:

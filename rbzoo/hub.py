@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from ._io import check_output, write_bytes, write_text
+from ._io import check_output, read_bounded, read_json, write_bytes, write_text
 from .cards import HEX40, HEX64, NAME_RE, OBJECTIVES, REPO_RE, Card, build_card, load_card
 from .checkpoint import Checkpoint, build, checkpoint_dataset, read
 from .constants import cards_dir as default_cards_dir
@@ -34,7 +34,7 @@ from .constants import hf_cache_dir, hf_endpoint, hf_offline, hf_token
 from .data import DEFAULT_EPS, get_dataset, get_spec
 from .errors import CheckpointError, ConfigError, DataError, HubError, RbzooError, VerificationError
 from .exact import clean_accuracy
-from .evidence import read_evidence
+from .evidence import max_evidence_bytes, read_evidence
 from .inspection import describe
 from .reproduction import for_card as reproduction_for_card
 from .resolve import RUN_FOLDER_FILES
@@ -140,10 +140,7 @@ def _find_results(ckpt: Path, results: str | Path | None) -> tuple[dict | None, 
         ckpt.with_name(f"{ckpt.stem}.results.json"), ckpt.with_name("results.json")]
     for path in candidates:
         if path.is_file():
-            try:
-                return json.loads(path.read_text("utf-8")), path
-            except (OSError, ValueError) as e:
-                raise ConfigError(f"{path}: not a readable results JSON ({e})") from None
+            return read_json(path, "results JSON", ConfigError), path
         if results is not None:
             raise ConfigError(f"no such results file: {path}")
     return None, None
@@ -208,12 +205,14 @@ def robust_evidence(res: dict, res_path: Path | None, cert: Certificate, dataset
     path = res_path.parent / Path(ev["file"]).name if not Path(ev["file"]).is_absolute() else Path(ev["file"])
     if not path.is_file():
         raise ConfigError(f"{src}: its evidence file {path} is missing")
-    data = path.read_bytes()
+    spec = get_spec(dataset)
+    numel = spec.channels * spec.image_size ** 2
+    data = read_bounded(path, max_evidence_bytes(res["n_examples"], numel), ConfigError,
+                        what=f"the evidence of {res['n_examples']} samples")
     if hashlib.sha256(data).hexdigest() != ev.get("sha256"):
         raise ConfigError(f"{path}: SHA-256 differs from the one {src} records")
-    spec = get_spec(dataset)
     try:
-        evidence = read_evidence(data, n_examples=res["n_examples"], numel=spec.channels * spec.image_size ** 2)
+        evidence = read_evidence(data, n_examples=res["n_examples"], numel=numel)
         check_consistency(res, evidence, cert)
     except VerificationError as e:
         raise ConfigError(f"{src}: refusing to publish an inconsistent robust claim: {e}") from None
@@ -512,13 +511,18 @@ def fetch_hub(repo: str, rev: str, *, endpoint: str | None = None, token: str | 
     results_path = download(RESULTS_FILE, commit, optional=True)
     evidence_path = download(EVIDENCE_FILE, commit, optional=True) if card.rb["claimed"].get("evidence_sha256") else None
     path = download(fname, commit)
+    # A published file that fails a check (too large, not JSON) is exit 3, named; neither is read
+    # whole before its size is checked.
     results = None
     if results_path is not None:
-        try:
-            results = json.loads(results_path.read_text("utf-8"))
-        except (OSError, ValueError) as e:  # a published file that fails a check: exit 3, named
-            raise VerificationError(f"{repo}@{commit[:12]}: the published {RESULTS_FILE} is not valid JSON ({e})") from None
-    evidence = evidence_path.read_bytes() if evidence_path is not None else None
+        results = read_json(results_path, "results JSON", VerificationError,
+                            name=f"{repo}@{commit[:12]}: the published {RESULTS_FILE}")
+    evidence = None
+    if evidence_path is not None:
+        spec, n = get_spec(card.dataset), card.expected["n_examples"]
+        evidence = read_bounded(evidence_path, max_evidence_bytes(n, spec.channels * spec.image_size ** 2),
+                                VerificationError, what=f"the evidence of {n} samples",
+                                name=f"{repo}@{commit[:12]}: the published {EVIDENCE_FILE}")
     return HubFiles(card, path, results, commit, server_sha, lambda: _purge_cached(path), evidence)
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import canonical_json, check_output, file_sha256, read_json, write_bytes, write_json, write_text
+from ._io import canonical_json, check_output, file_sha256, read_bounded, read_json, write_bytes, write_json, write_text
 from .cards import NAME_RE, REPO_RE, Card, build_card, load_card
 from .checkpoint import build, checkpoint_dataset, load, read
 from .constants import cards_dir as default_cards_dir
@@ -42,7 +42,7 @@ from .constants import rbzoo_home
 from .convert import CONVERTER_VERSION, convert_official
 from .data import get_spec
 from .errors import ConfigError, HubError, RbzooError, VerificationError
-from .evidence import read_evidence
+from .evidence import max_evidence_bytes, read_evidence
 from .exact import check_profile, clean_accuracy
 from .fetch import REGISTRY_NAME as DOWNLOADS_FILE
 from .fetch import download
@@ -161,9 +161,16 @@ def _fetch_folder(s: Spec) -> _Fetched:
     if not path.is_file():
         raise HubError(f"{folder}: the card names {card.rb['checkpoint']}, which is missing")
     results = read_json(folder / RESULTS_FILE, "results JSON", VerificationError) if (folder / RESULTS_FILE).is_file() else None
-    evidence = (folder / EVIDENCE_FILE).read_bytes() if (folder / EVIDENCE_FILE).is_file() else None
+    evidence = _read_evidence_file(folder / EVIDENCE_FILE, card) if (folder / EVIDENCE_FILE).is_file() else None
     return _Fetched(card, path, results, card.repo_id, None, spec=str(folder),
                     certificate=_results_certificate(results), origin=folder_origin(folder), evidence=evidence)
+
+
+def _read_evidence_file(path: Path, card: Card) -> bytes:
+    """A published evidence file, refused unread if larger than the card's evaluation can need."""
+    spec = get_spec(card.dataset)
+    limit = max_evidence_bytes(card.expected["n_examples"], spec.channels * spec.image_size ** 2)
+    return read_bounded(path, limit, VerificationError, what=f"the evidence of {card.expected['n_examples']} samples")
 
 
 def _fetch_hub(s: Spec, endpoint: str | None, token: str | None) -> _Fetched:
@@ -259,7 +266,7 @@ def _fetch_import(s: Spec, source: str | Path | None, bn_check: bool = True) -> 
     if s.card_path is not None and s.card.rb["claimed"].get("evidence_sha256"):  # a robust claim rbzoo measured
         res_path, ev_path = (s.card_path.with_name(s.card.name + x) for x in (RESULTS_SUFFIX, EVIDENCE_SUFFIX))
         results = read_json(res_path, "results JSON", VerificationError) if res_path.is_file() else None
-        evidence = ev_path.read_bytes() if ev_path.is_file() else None
+        evidence = _read_evidence_file(ev_path, s.card) if ev_path.is_file() else None
     return _Fetched(s.card, Path(path), results, None, None, sha, spec=s.text, certificate=cert,
                     origin=zoo_origin(s.card.name), source_sha256=source_sha,
                     unpinned=pinned is None and not by_digest, first_use=pinned == "first use" and not by_digest,
@@ -338,7 +345,7 @@ def _local_reference(model_digest: str, data_sha256: str) -> Certificate | None:
     if not path.is_file():
         return None
     try:
-        return Certificate.from_json(json.loads(path.read_text("utf-8")))
+        return Certificate.from_json(read_json(path, "certificate JSON", VerificationError))
     except (OSError, ValueError, RbzooError):
         return None  # a cache: an unreadable one only means comparing counts again
 

@@ -111,6 +111,39 @@ def test_encode_levels_exact_fallback_and_file_round_trip():
         decode_one(x[0], Encoded(0, 1, 2, "pgd", 1, 0.1, _deflate(b"\x00" * 47)))
 
 
+def test_sizes_are_bounded_before_reading(tmp_path):
+    """The evidence bound holds the worst case (every example stored exactly, incompressible), and
+    files are refused by size before they are read, then checked again on what was read."""
+    import os
+    import re
+
+    from rbzoo._io import read_bounded
+    from rbzoo.errors import ConfigError
+    from rbzoo.evidence import MAX_EVIDENCE_BYTES, _deflate, max_evidence_bytes
+
+    numel, n = 3 * 32 * 32, 3
+    rng = np.random.default_rng(0)  # random bytes: what deflate cannot shrink
+    worst = Evidence([Encoded(i, 0, 1, "apgd-ce", EXACT, 0.0, _deflate(rng.bytes(4 * numel))) for i in range(n)],
+                     {"norm": "Linf", "eps": 0.1, "attacks": ["apgd-ce"], "shape": [3, 32, 32]}).to_bytes()
+    limit = max_evidence_bytes(n, numel)
+    assert len(worst) > n * 4 * numel and len(worst) <= limit  # deflate grew it; the bound still holds it
+    assert len(read_evidence(worst, n_examples=n, numel=numel).items) == n
+    assert max_evidence_bytes(50_000, 3 * 224 * 224) == MAX_EVIDENCE_BYTES
+    with pytest.raises(VerificationError, match=f"{limit + 1:,} bytes is more than {limit:,}"):
+        read_evidence(b"\0" * (limit + 1), n_examples=n, numel=numel)
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"x" * 10)
+    assert read_bounded(path, 10, ConfigError) == b"x" * 10
+    with pytest.raises(ConfigError, match="^" + re.escape(f"{path}: 10 bytes is more than 9, the most a thing can be")):
+        read_bounded(path, 9, ConfigError, what="a thing")
+    with pytest.raises(ConfigError, match="cannot read"):
+        read_bounded(tmp_path / "missing", 10, ConfigError)
+    if os.path.exists("/proc/self/status"):  # procfs says 0 bytes, then gives more: what was read is checked too
+        with pytest.raises(ConfigError, match="grew while being read"):
+            read_bounded("/proc/self/status", 1 << 20, ConfigError)
+
+
 def test_pgd_iterates_stay_in_box_and_ball_after_every_step():
     """Every image PGD evaluates (each step's iterate, not only the random start) lies in [0, 1]
     and in the ε-ball, also for images whose pixels sit at 0 and 1."""
@@ -152,11 +185,18 @@ def test_reference_run_evidence(reference, trained_checkpoint, cifar10_root):
 
 
 def test_l2_autoattack_end_to_end_with_l2_evidence(trained_checkpoint, cifar10_root, tmp_path):
+    """`rbzoo eval --norm L2` → push --to → pull --robust. The stored perturbations are L2-shaped: inside
+    the L2 ball, yet with pixels moved far beyond what an L∞ attack of the same L2 size could (eps/√d),
+    so an L2 request run as L∞ (at eps, or at eps/√d) fails here."""
+    from rbzoo import hub, zoo
+    from rbzoo.cli import main
+
     out = tmp_path / "l2.json"
     eps = 0.5
-    r = run_eval(EvalConfig(model=str(trained_checkpoint), data_dir=str(cifar10_root), device="cpu", n_examples=8,
-                            chunk_size=8, norm="L2", eps=eps, version="custom", attacks=["apgd-ce"], n_iter=5, n_restarts=1,
-                            out=out, state=tmp_path / "l2.state"))
+    assert main(["eval", str(trained_checkpoint), "--data-dir", str(cifar10_root), "--device", "cpu", "--n-examples", "8",
+                 "--chunk-size", "8", "--norm", "L2", "--eps", str(eps), "--version", "custom", "--attacks", "apgd-ce",
+                 "--n-iter", "5", "--n-restarts", "1", "--out", str(out), "--state", str(tmp_path / "l2.state")]) == 0
+    r = json.loads(out.read_text())
     assert r["attack"]["norm"] == "L2" and r["evidence"]["n"] == r["clean_correct"] - r["robust_correct"] > 0
     r, ev = check_results_evidence(out, trained_checkpoint, cifar10_root)
     ds = rbzoo.data.get_dataset("cifar10", "test", cifar10_root)
@@ -169,6 +209,12 @@ def test_l2_autoattack_end_to_end_with_l2_evidence(trained_checkpoint, cifar10_r
     # An L∞ attack of radius 0.5 would move pixels by up to 0.5, far outside the L2 ball; an L2
     # attack spends its budget on few pixels: its L∞ size is well above eps/sqrt(d).
     assert max(linf for _, linf in norms) > eps / np.sqrt(3 * 32 * 32) * 3
+
+    folder = tmp_path / "pub"
+    hub.push(trained_checkpoint, to=folder, results=out, cards_dir=tmp_path / "cards")
+    p = zoo.pull(str(folder), data_dir=cifar10_root, cards_dir=tmp_path / "cards", robust=True)
+    breaks = r["clean_correct"] - r["robust_correct"]
+    assert p.robust["proved"] + len(p.robust["near_ties"]) == breaks and p.robust["bound_correct"] >= r["robust_correct"]
 
 
 def test_plot_breaks_shows_stored_examples_with_both_labels(reference, cifar10_root, tmp_path):

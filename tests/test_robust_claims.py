@@ -175,3 +175,70 @@ def test_official_entry_without_evidence_says_so_and_catch_probability():
     assert len(cards) == 9 and all(c.rb["claimed"].get("evidence_sha256") is None for c in cards)
     assert catch_probability(20, 2, 2) == pytest.approx(1 - (18 * 17) / (20 * 19))
     assert catch_probability(8, 1, 8) == 1.0 and catch_probability(8, 0, 3) == 0.0
+
+
+# --- sizes are bounded before anything is read ---------------------------------------------------
+
+HUGE = 1 << 40  # a sparse file: reading it whole would exhaust memory, refusing it costs a stat
+
+
+def _grow(path: Path, size: int = HUGE) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(size)
+
+
+@pytest.mark.parametrize("name", ["evidence.safetensors", "results.json"])
+def test_oversized_published_file_is_refused_unread_on_pull(name, evaluated, trained_checkpoint, cifar10_root, tmp_path,
+                                                            capsys):
+    from rbzoo._io import MAX_RESULTS_BYTES
+    from rbzoo.evidence import max_evidence_bytes
+
+    folder = publish(trained_checkpoint, evaluated, tmp_path / "big")
+    _grow(folder / name)
+    capsys.readouterr()
+    assert main(["pull", str(folder), "--data-dir", str(cifar10_root), "--robust"]) == 3
+    err = capsys.readouterr().err.strip()
+    limit = max_evidence_bytes(N, 3 * 32 * 32) if name == "evidence.safetensors" else MAX_RESULTS_BYTES
+    assert f"{name}: {HUGE:,} bytes is more than {limit:,}" in err and "\n" not in err, err
+
+
+@pytest.mark.parametrize("name", ["evidence", "results"])
+def test_oversized_local_input_is_refused_unread_on_push(name, evaluated, trained_checkpoint, tmp_path, capsys):
+    from rbzoo._io import MAX_RESULTS_BYTES
+    from rbzoo.evidence import max_evidence_bytes
+
+    work = tmp_path / "in"
+    work.mkdir()
+    r = json.loads(evaluated.read_text())
+    shutil.copy(evaluated.parent / r["evidence"]["file"], work / r["evidence"]["file"])
+    shutil.copy(evaluated, work / "r.json")
+    big = work / (r["evidence"]["file"] if name == "evidence" else "r.json")
+    _grow(big)
+    capsys.readouterr()
+    assert main(["push", str(trained_checkpoint), "--to", str(tmp_path / "pub"), "--results", str(work / "r.json"),
+                 "--cards-dir", str(work / "cards")]) == 2
+    err = capsys.readouterr().err.strip()
+    limit = max_evidence_bytes(N, 3 * 32 * 32) if name == "evidence" else MAX_RESULTS_BYTES
+    assert f"{big}: {HUGE:,} bytes is more than {limit:,}" in err and "\n" not in err, err
+    assert not (tmp_path / "pub").exists()
+
+
+def test_oversized_evidence_on_the_hub_is_refused_unread(server, evaluated, trained_checkpoint, cifar10_root, tmp_path):
+    """The same bound on a Hub download: an evidence file one byte past what the card's evaluation can
+    need is refused (exit 3), naming the repo, the commit and both sizes, before it is hashed or parsed."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+    from hub_server import TEST_TOKEN
+
+    from rbzoo.evidence import max_evidence_bytes
+
+    repo = "test-user/big-evidence"
+    hub.push(trained_checkpoint, repo, results=evaluated, endpoint=server.url, token=TEST_TOKEN,
+             cards_dir=tmp_path / "cards")
+    limit = max_evidence_bytes(N, 3 * 32 * 32)
+    commit = HfApi(endpoint=server.url, token=TEST_TOKEN).create_commit(
+        repo, operations=[CommitOperationAdd("evidence.safetensors", b"\0" * (limit + 1))], commit_message="grow").oid
+    with pytest.raises(VerificationError) as e:
+        zoo.pull(repo, data_dir=cifar10_root, endpoint=server.url, token=TEST_TOKEN, cards_dir=tmp_path / "cards",
+                 robust=True)
+    assert str(e.value).startswith(f"{repo}@{commit[:12]}: the published evidence.safetensors: {limit + 1:,} bytes is "
+                                   f"more than {limit:,}"), e.value
