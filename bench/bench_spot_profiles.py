@@ -25,7 +25,7 @@ Models: the quickstart (`rbzoo train` quickstart config, PGD-trained tiny_resnet
 ε = 0.1; trained here unless `--checkpoint`), and a tiny_resnet fitted (not adversarially) to the
 digits as bench/bench_evidence.py does (ε = 0.05, so that some samples survive); `cifar`: a
 tiny_resnet fitted to generated CIFAR-10-format test images (tests/datagen.py) as
-bench/bench_pull_robust.py does, 32×32×3 inputs (ε = `--cifar-eps`, default 1/255).
+bench/bench_pull_robust.py does, 32×32×3 inputs (ε = `--cifar-eps`, default 2/255).
 
     python bench/bench_spot_profiles.py [--checkpoint QS.safetensors] [--n-iter 100] [--seeds 0,1]
         [--models quickstart,fitted,cifar] [--n 360] [--variants verify,fast-tf32,bf16]
@@ -221,7 +221,7 @@ def main() -> None:
     ap.add_argument("--models", default="quickstart,fitted")
     ap.add_argument("--n", type=int, default=360, help="test digits attacked (all 360 by default)")
     ap.add_argument("--chunk", type=int, default=60)
-    ap.add_argument("--cifar-eps", type=float, default=1 / 255)
+    ap.add_argument("--cifar-eps", type=float, default=2 / 255)
     ap.add_argument("--n-iter", type=int, default=100)
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--variants", default=",".join(VARIANTS))

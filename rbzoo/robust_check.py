@@ -12,7 +12,8 @@ its evidence file holds the adversarial input of every sample it says was broken
   about the samples flagged robust: a stronger attack may still break them.
 - :func:`spot_check` (pull --spot-check K): K chunks re-attacked with their recorded seed and
   settings. On the same numerics profile the flags must come out identical (the attack is a
-  deterministic function of model, data, chunk and seed). On another profile the attack may take
+  deterministic function of model, data, chunk and seed; other kernels may still change the
+  adversarial inputs it ends at, which are reported). On another profile the attack may take
   another path, so the re-run's proved breaks of robust-flagged samples are counted into the bound
   and refused only beyond `verdict.spot_cap` (measured, docs/numerics.md). This catches breaks
   hidden by flipping flags to robust, with the probability :func:`catch_probability` states.
@@ -211,7 +212,7 @@ def spot_check(model: nn.Module, dataset: Dataset, indices, results: dict, evide
     published = attack.get("numerics", "verify")
     same_profile = published == profile
     idx = np.asarray(indices, dtype=np.int64)
-    mismatch, breaks, near, back, robust_checked = [], [], [], 0, 0
+    mismatch, other_bytes, breaks, near, back, robust_checked = [], [], [], [], 0, 0
     stored = evidence.by_position()
     for c in chosen:
         start, stop = c * cs, min((c + 1) * cs, n)
@@ -221,8 +222,11 @@ def spot_check(model: nn.Module, dataset: Dataset, indices, results: dict, evide
         robust_checked += int(flags[start:stop].sum())
         if same_profile:
             mismatch += differ.tolist()
-            redone = {e["position"]: e for e in rec.evidence}
-            mismatch += [p for p, e in redone.items() if p in stored and bytes.fromhex(e["payload"]) != stored[p].payload]
+            # Other kernels on the same profile (another CPU, a GPU) can end an attack at another
+            # adversarial input with the same flags (measured: docs/numerics.md). The stored
+            # example is proved on its own, so differing bytes are reported, not refused.
+            other_bytes += [e["position"] for e in rec.evidence
+                            if e["position"] in stored and bytes.fromhex(e["payload"]) != stored[e["position"]].payload]
             continue
         # Another profile: the attack may take another path. A published break it misses is still
         # proved by the published evidence; a robust-flagged sample it breaks is checked here.
@@ -239,7 +243,7 @@ def spot_check(model: nn.Module, dataset: Dataset, indices, results: dict, evide
     p = catch_probability(n_chunks, hide, len(chosen))
     if mismatch:
         raise VerificationError(f"spot check: re-attacking chunks {chosen[:MAX_NAMED]} on the same numerics profile gives "
-                                f"other robust flags or evidence for samples {named(sorted(set(mismatch)))}")
+                                f"other robust flags for samples {named(sorted(set(mismatch)))}")
     breaks = sorted(breaks)
     cap = 0 if same_profile else spot_cap(robust_checked)
     pair = f"{published} → {profile}"
@@ -249,14 +253,18 @@ def spot_check(model: nn.Module, dataset: Dataset, indices, results: dict, evide
                                 f"{robust_checked} robust-flagged samples): breaks were hidden: samples {named(breaks)}")
     if same_profile:
         how, hidden = "exactly", f"breaks hidden in {hide} of the {n_chunks} chunks"
+        if other_bytes:
+            how += (f" (robust flags; the re-run's adversarial examples of samples {named(sorted(other_bytes))} differ "
+                    f"from the stored ones, which are checked on their own)")
     else:
         what = "1 re-run break of a robust-flagged sample" if len(breaks) == 1 else \
             f"{len(breaks)} re-run breaks of robust-flagged samples"
-        how = f"within tolerance (another numerics profile, {pair}: {what}, counted; cap {cap})"
+        ties = f"; {len(near)} near-ties (margin < τ), not counted" if near else ""
+        how = f"within tolerance (another numerics profile, {pair}: {what}, counted{ties}; cap {cap})"
         hidden = f"more than the cap of breaks hidden in {hide} of the {n_chunks} chunks"
     message = (f"{len(chosen)} of {n_chunks} chunks reproduced {how}; {hidden} would have been caught with "
                f"probability {100 * p:.0f} %")
     return {"chunks": chosen, "n_chunks": n_chunks, "same_profile": same_profile, "profiles": [published, profile],
             "catch_probability": p, "hidden_chunks_assumed": hide, "robust_checked": robust_checked, "cap": cap,
             "rerun_breaks": [int(i) for i in breaks], "near_ties": sorted(int(i) for i in near),
-            "published_breaks_missed": back, "message": message}
+            "published_breaks_missed": back, "evidence_differs": sorted(int(i) for i in other_bytes), "message": message}

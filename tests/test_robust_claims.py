@@ -162,6 +162,28 @@ def _exact(e: Encoded, image: torch.Tensor) -> Encoded:
     return Encoded(e.position, e.label, e.adv_label, e.attack, EXACT, 0.0, _deflate(image.numpy().astype("<f4").tobytes()))
 
 
+def test_same_profile_other_example_bytes_are_reported_not_refused(evaluated, trained_checkpoint, cifar10_root, tmp_path):
+    """The same adversarial input stored another way (exactly, not quantized): the flags reproduce,
+    the bytes do not. Other kernels on the same profile do that (docs/numerics.md); the stored
+    example is proved on its own, so the spot check reports it and passes."""
+    from rbzoo.evidence import decode_one
+
+    ds = rbzoo.data.get_dataset("cifar10", "test", cifar10_root)
+    moved = []
+
+    def restore(r, items):
+        e = items[0]
+        moved.append(e.position)
+        return [_exact(e, decode_one(ds[e.position][0], e))] + items[1:]
+
+    p = _pull(publish(trained_checkpoint, evaluated, tmp_path / "bytes", restore), cifar10_root, robust=True,
+              spot_check_chunks="all")
+    r = json.loads(evaluated.read_text())
+    assert p.robust["bound_correct"] == r["robust_correct"] and p.robust["spot_check"]["evidence_differs"] == moved
+    assert (f"3 of 3 chunks reproduced exactly (robust flags; the re-run's adversarial examples of samples {moved[0]} "
+            f"differ from the stored ones") in p.robust_message, p.robust_message
+
+
 @pytest.mark.parametrize("forgery", ["clean image", "outside eps", "outside [0, 1]"])
 def test_forged_examples_are_refused(forgery, evaluated, trained_checkpoint, cifar10_root, tmp_path, capsys):
     ds = rbzoo.data.get_dataset("cifar10", "test", cifar10_root)
