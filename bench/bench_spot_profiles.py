@@ -28,7 +28,7 @@ tiny_resnet fitted to generated CIFAR-10-format test images (tests/datagen.py) a
 bench/bench_pull_robust.py does, 32×32×3 inputs (ε = `--cifar-eps`, default 2/255).
 
     python bench/bench_spot_profiles.py [--checkpoint QS.safetensors] [--n-iter 100] [--seeds 0,1]
-        [--models quickstart,fitted,cifar] [--n 360] [--variants verify,fast-tf32,bf16]
+        [--models quickstart,fitted,cifar] [--n 360] [--variants verify,fast-tf32,bf16] [--device cuda]
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def quickstart(out: Path) -> Path:
     return out / "best.safetensors"
 
 
-def attack_all(model, ds, idx, correct, spec, variant: str) -> tuple[np.ndarray, dict[int, Encoded]]:
+def attack_all(model, ds, idx, correct, spec, variant: str, device: str) -> tuple[np.ndarray, dict[int, Encoded]]:
     """`rbzoo eval`'s attack, chunk by chunk, under `variant`: (robust flags, evidence by position)."""
     flags, evidence = np.zeros(len(idx), bool), {}
     cs = spec.chunk_size
@@ -106,27 +106,27 @@ def attack_all(model, ds, idx, correct, spec, variant: str) -> tuple[np.ndarray,
         for c in range((len(idx) + cs - 1) // cs):
             start, stop = c * cs, min((c + 1) * cs, len(idx))
             rec = ChunkRecord(c, start, stop, chunk_seed(spec.seed, c), correct[start:stop].copy())
-            rec = run_chunk(model, ds, idx[start:stop], rec, spec, torch.device("cpu"), save=lambda r: None)
+            rec = run_chunk(model, ds, idx[start:stop], rec, spec, torch.device(device), save=lambda r: None)
             flags[start:stop] = rec.robust
             evidence.update({e["position"]: Encoded.from_json(e) for e in rec.evidence})
     return flags, evidence
 
 
-def proved(model, ds, idx, items: list[Encoded], variant: str, tau: float, spec) -> tuple[int, int, float]:
+def proved(model, ds, idx, items: list[Encoded], variant: str, tau: float, spec, device: str) -> tuple[int, int, float]:
     """(proved, near-ties, largest margin) of re-run breaks, checked as spot_check does."""
     if not items:
         return 0, 0, float("nan")
-    x = torch.stack([ds[int(idx[e.position])][0] for e in items]).float()
-    y = torch.tensor([int(ds[int(idx[e.position])][1]) for e in items])
-    with VARIANTS[variant][1](model), numerics(VARIANTS[variant][0]):
+    x = torch.stack([ds[int(idx[e.position])][0] for e in items]).float().to(device)
+    y = torch.tensor([int(ds[int(idx[e.position])][1]) for e in items]).to(device)
+    with VARIANTS[variant][1](model), numerics(VARIANTS[variant][0], device):
         chk = check_breaks(model, x, y, items, norm=spec.norm, eps=spec.eps, tau=tau)
     return len(chk.proved), len(chk.near_ties), float(chk.margins.max())
 
 
 def measure(name: str, model: nn.Module, ds, eps: float, args, rows: list) -> None:
     idx = np.arange(min(args.n, len(ds)))
-    model = model.eval().requires_grad_(False)
-    correct = clean_accuracy(model, ds, indices=idx).correct_mask
+    model = model.eval().requires_grad_(False).to(args.device)
+    correct = clean_accuracy(model, ds, indices=idx, device=args.device).correct_mask
     print(f"{name}: model digest {model_digest_of(model)[:16]}…, {int(correct.sum())}/{len(idx)} clean-correct, ε {eps:g}",
           flush=True)
     for seed in args.seeds:
@@ -135,7 +135,7 @@ def measure(name: str, model: nn.Module, ds, eps: float, args, rows: list) -> No
             spec = make_attack_spec(eps=eps, version="custom", attacks=["apgd-ce", "apgd-t"], n_iter=args.n_iter,
                                     n_restarts=1, chunk_size=args.chunk, seed=seed, numerics=VARIANTS[v][0])
             t0 = time.process_time()
-            runs[v] = attack_all(model, ds, idx, correct, spec, v)
+            runs[v] = attack_all(model, ds, idx, correct, spec, v, args.device)
             print(f"  {name} seed {seed} {v}: {int(runs[v][0].sum())}/{int(correct.sum())} robust "
                   f"({time.process_time() - t0:.0f} s CPU)", flush=True)
         for a in args.variants:
@@ -145,7 +145,7 @@ def measure(name: str, model: nn.Module, ds, eps: float, args, rows: list) -> No
                 fa, fb = runs[a][0], runs[b][0]
                 newly = np.flatnonzero(fa & ~fb)
                 tau = tau_for(VARIANTS[a][0], VARIANTS[b][0])
-                k, near, top = proved(model, ds, idx, [runs[b][1][int(p)] for p in newly], b, tau, spec)
+                k, near, top = proved(model, ds, idx, [runs[b][1][int(p)] for p in newly], b, tau, spec, args.device)
                 both = set(runs[a][1]) & set(runs[b][1])
                 ev = sum(runs[a][1][p].payload != runs[b][1][p].payload for p in both)
                 rows.append(dict(model=name, seed=seed, pub=a, rerun=b, attacked=int(correct.sum()), robust=int(fa.sum()),
@@ -225,6 +225,7 @@ def main() -> None:
     ap.add_argument("--n-iter", type=int, default=100)
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--device", default="cpu", help="cuda: `fast` is real TF32 there (add cuDNN's kernels to the table)")
     ap.add_argument("--from-logs", type=Path, nargs="+", help="summarize the outputs of earlier runs instead of running")
     args = ap.parse_args()
     if args.from_logs:
@@ -234,7 +235,8 @@ def main() -> None:
     args.variants = args.variants.split(",")
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")
-    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread; APGD-CE + APGD-T, "
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or platform.machine()
+    print(f"{where}, torch {torch.__version__}, 1 thread; APGD-CE + APGD-T, "
           f"n_iter {args.n_iter}, 1 restart, chunks of {args.chunk}, seeds {args.seeds}")
     from rbzoo.data import get_dataset
 
