@@ -12,9 +12,11 @@ its evidence file holds the adversarial input of every sample it says was broken
   about the samples flagged robust: a stronger attack may still break them.
 - :func:`spot_check` (pull --spot-check K): K chunks re-attacked with their recorded seed and
   settings. On the same numerics profile the flags must come out identical (the attack is a
-  deterministic function of model, data, chunk and seed); on another profile a sample the claim
-  calls robust must not be *provably* broken by the re-run. This catches breaks hidden by
-  flipping flags to robust, with the probability :func:`catch_probability` states.
+  deterministic function of model, data, chunk and seed; other kernels may still change the
+  adversarial inputs it ends at, which are reported). On another profile the attack may take
+  another path, so the re-run's proved breaks of robust-flagged samples are counted into the bound
+  and refused only beyond `verdict.spot_cap` (measured, docs/numerics.md). This catches breaks
+  hidden by flipping flags to robust, with the probability :func:`catch_probability` states.
 
 Any failure is a :class:`VerificationError` naming the samples (exit 3).
 """
@@ -33,7 +35,7 @@ from .errors import VerificationError
 from .evidence import BreakCheck, Encoded, Evidence, check_breaks
 from .exact import numerics, ordered_batches, unpack_flags
 from .robust import ChunkRecord, chunk_seed, make_attack_spec, run_chunk
-from .verdict import MAX_NAMED, Certificate, named
+from .verdict import MAX_NAMED, Certificate, named, spot_cap
 
 ATTACK_KEYS = ("norm", "eps", "version", "attacks", "seed", "chunk_size", "n_iter", "n_restarts", "n_queries", "numerics")
 
@@ -106,17 +108,25 @@ class RobustVerdict:
     breaks: int
     proved: np.ndarray
     near_ties: np.ndarray
-    clean_incorrect_here: int
-    spot: dict | None = None
+    incorrect_here: np.ndarray  # positions classified wrong by this machine's clean pass
+    spot: dict | None = None  # spot_check's result; its "rerun_breaks" are proved breaks too
     notes: list[str] = field(default_factory=list)
 
     @property
+    def rerun_breaks(self) -> list[int]:
+        return list((self.spot or {}).get("rerun_breaks", []))
+
+    @property
     def bound(self) -> int:
-        """Robust-correct samples at most: n minus every sample shown non-robust here."""
-        return self.n - self.clean_incorrect_here - len(self.proved)
+        """Robust-correct samples at most: n minus every sample shown non-robust here (wrong on the
+        clean pass, a published break proved, or a break the spot check's re-run proved)."""
+        shown = np.union1d(np.union1d(self.incorrect_here, self.proved), np.asarray(self.rerun_breaks, np.int64))
+        return self.n - len(shown)
 
     def message(self) -> str:
         line = (f"robust ≤ {100.0 * self.bound / self.n:.2f} %: {len(self.proved)}/{self.breaks} breaks proved")
+        if self.rerun_breaks:
+            line += f", {len(self.rerun_breaks)} more by the spot check's re-run (samples {named(self.rerun_breaks)})"
         if len(self.near_ties):
             line += f", {len(self.near_ties)} near-ties (adversarial margin < τ, not counted): {named(self.near_ties)}"
         if self.spot:
@@ -125,8 +135,8 @@ class RobustVerdict:
 
     def to_json(self) -> dict:
         return {"claimed_correct": self.claimed_correct, "bound_correct": self.bound, "n": self.n, "breaks": self.breaks,
-                "proved": len(self.proved), "near_ties": [int(i) for i in self.near_ties], "spot_check": self.spot,
-                "message": self.message()}
+                "proved": len(self.proved), "rerun_breaks": len(self.rerun_breaks),
+                "near_ties": [int(i) for i in self.near_ties], "spot_check": self.spot, "message": self.message()}
 
 
 def prove_breaks(model: nn.Module, dataset: Dataset, indices, results: dict, evidence: Evidence, cert: Certificate,
@@ -163,7 +173,7 @@ def prove_breaks(model: nn.Module, dataset: Dataset, indices, results: dict, evi
         raise VerificationError(f"samples {named(invalid)}: the stored adversarial example is classified correctly "
                                 f"by the model (adversarial margin ≤ −τ = {-tau:.0e}): not a break")
     return RobustVerdict(n, int(results["robust_correct"]), len(broken), chk.proved, chk.near_ties,
-                         int((~clean_correct_here).sum()))
+                         np.flatnonzero(~np.asarray(clean_correct_here, bool)))
 
 
 def catch_probability(n_chunks: int, hidden: int, k: int) -> float:
@@ -177,7 +187,14 @@ def catch_probability(n_chunks: int, hidden: int, k: int) -> float:
 
 def spot_check(model: nn.Module, dataset: Dataset, indices, results: dict, evidence: Evidence, cert: Certificate, *,
                k: int | None, seed: int, profile: str, tau: float, device="cpu") -> dict:
-    """Re-attack `k` random chunks (None: all) with their recorded seeds and settings; compare flags."""
+    """Re-attack `k` random chunks (None: all) with their recorded seeds and settings; compare flags.
+
+    Same numerics profile as the attack: the flags must be identical (re-run examples that differ
+    from the stored ones are reported: other kernels can end at another input). Another profile: the
+    re-run's breaks of samples the claim calls robust are checked like published evidence; each one
+    proved is a real break (returned as "rerun_breaks", which :class:`RobustVerdict` counts into
+    its bound), and more of them than `verdict.spot_cap` of the checked robust-flagged samples is a
+    refusal (docs/numerics.md, "The spot-check cap")."""
     attack = dict(results.get("attack") or {})
     if attack.get("version") == "pgd":
         spec = make_attack_spec(norm=attack["norm"], eps=attack["eps"], seed=attack["seed"], chunk_size=attack["chunk_size"],
@@ -193,39 +210,62 @@ def spot_check(model: nn.Module, dataset: Dataset, indices, results: dict, evide
     published_correct = flags | np.isin(np.arange(n), [e.position for e in evidence.items])
     chosen = list(range(n_chunks)) if k is None or k >= n_chunks else sorted(
         np.random.default_rng(seed).choice(n_chunks, size=k, replace=False).tolist())
-    same_profile = attack.get("numerics", "verify") == profile
+    published = attack.get("numerics", "verify")
+    same_profile = published == profile
     idx = np.asarray(indices, dtype=np.int64)
-    mismatch, hidden, near = [], [], []
+    mismatch, other_bytes, breaks, near, back, robust_checked = [], [], [], [], 0, 0
     stored = evidence.by_position()
     for c in chosen:
         start, stop = c * cs, min((c + 1) * cs, n)
         rec = ChunkRecord(c, start, stop, chunk_seed(spec.seed, c), published_correct[start:stop].copy())
         rec = run_chunk(model, dataset, idx[start:stop], rec, spec, torch.device(device), save=lambda r: None)
         differ = np.flatnonzero(rec.robust != flags[start:stop]) + start
+        robust_checked += int(flags[start:stop].sum())
         if same_profile:
             mismatch += differ.tolist()
-            redone = {e["position"]: e for e in rec.evidence}
-            mismatch += [p for p, e in redone.items() if p in stored and bytes.fromhex(e["payload"]) != stored[p].payload]
+            # Other kernels on the same profile (another CPU, a GPU) can end an attack at another
+            # adversarial input with the same flags (measured: docs/numerics.md). The stored
+            # example is proved on its own, so differing bytes are reported, not refused.
+            other_bytes += [e["position"] for e in rec.evidence
+                            if e["position"] in stored and bytes.fromhex(e["payload"]) != stored[e["position"]].payload]
             continue
-        # Another profile: a published-robust sample the re-run breaks must not be a proved break.
-        newly = [p for p in differ if flags[p]]
+        # Another profile: the attack may take another path. A published break it misses is still
+        # proved by the published evidence; a robust-flagged sample it breaks is checked here.
+        newly = {int(p) for p in differ if flags[p]}
+        back += len(differ) - len(newly)
         if newly:
             items = [Encoded.from_json(e) for e in rec.evidence if e["position"] in newly]
             x, y = _images(dataset, idx, [e.position for e in items])
             with numerics(profile, device):
                 chk = check_breaks(model, x.to(device), y.to(device), items, norm=spec.norm, eps=spec.eps, tau=tau)
-            hidden += chk.proved.tolist()
+            breaks += chk.proved.tolist()
             near += chk.near_ties.tolist()
     hide = max(1, round(n_chunks / 10))
     p = catch_probability(n_chunks, hide, len(chosen))
-    how = "exactly" if same_profile else f"within tolerance (another numerics profile: {attack.get('numerics', 'verify')} → {profile})"
-    message = (f"{len(chosen)} of {n_chunks} chunks reproduced {how}; breaks hidden in {hide} of the {n_chunks} chunks "
-               f"would have been caught with probability {100 * p:.0f} %")
     if mismatch:
         raise VerificationError(f"spot check: re-attacking chunks {chosen[:MAX_NAMED]} on the same numerics profile gives "
-                                f"other robust flags or evidence for samples {named(sorted(set(mismatch)))}")
-    if hidden:
-        raise VerificationError(f"spot check: samples {named(hidden)} are claimed robust, but the re-run attack "
-                                f"breaks them (proved, margin ≥ τ): breaks were hidden")
-    return {"chunks": chosen, "n_chunks": n_chunks, "same_profile": same_profile, "catch_probability": p,
-            "hidden_chunks_assumed": hide, "near_ties": [int(i) for i in near], "message": message}
+                                f"other robust flags for samples {named(sorted(set(mismatch)))}")
+    breaks = sorted(breaks)
+    cap = 0 if same_profile else spot_cap(robust_checked)
+    pair = f"{published} → {profile}"
+    if len(breaks) > cap:
+        raise VerificationError(f"spot check ({pair}): the re-run attack breaks {len(breaks)} samples the claim calls robust "
+                                f"(proved, margin ≥ τ), more than another numerics profile explains (cap {cap} of "
+                                f"{robust_checked} robust-flagged samples): breaks were hidden: samples {named(breaks)}")
+    if same_profile:
+        how, hidden = "exactly", f"breaks hidden in {hide} of the {n_chunks} chunks"
+        if other_bytes:
+            how += (f" (robust flags; the re-run's adversarial examples of samples {named(sorted(other_bytes))} differ "
+                    f"from the stored ones, which are checked on their own)")
+    else:
+        what = "1 re-run break of a robust-flagged sample" if len(breaks) == 1 else \
+            f"{len(breaks)} re-run breaks of robust-flagged samples"
+        ties = f"; {len(near)} near-ties (margin < τ), not counted" if near else ""
+        how = f"within tolerance (another numerics profile, {pair}: {what}, counted{ties}; cap {cap})"
+        hidden = f"more than the cap of breaks hidden in {hide} of the {n_chunks} chunks"
+    message = (f"{len(chosen)} of {n_chunks} chunks reproduced {how}; {hidden} would have been caught with "
+               f"probability {100 * p:.0f} %")
+    return {"chunks": chosen, "n_chunks": n_chunks, "same_profile": same_profile, "profiles": [published, profile],
+            "catch_probability": p, "hidden_chunks_assumed": hide, "robust_checked": robust_checked, "cap": cap,
+            "rerun_breaks": [int(i) for i in breaks], "near_ties": sorted(int(i) for i in near),
+            "published_breaks_missed": back, "evidence_differs": sorted(int(i) for i in other_bytes), "message": message}

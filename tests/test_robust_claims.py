@@ -24,7 +24,8 @@ from rbzoo.errors import ConfigError, VerificationError
 from rbzoo.evaluate import EvalConfig, run_eval
 from rbzoo.evidence import EXACT, Encoded, Evidence, _deflate, read_evidence
 from rbzoo.exact import pack_flags, unpack_flags
-from rbzoo.robust_check import catch_probability
+from rbzoo.robust_check import RobustVerdict, catch_probability
+from rbzoo.verdict import spot_cap
 
 from test_eval import trained_checkpoint  # noqa: F401 (fixtures)
 
@@ -39,6 +40,17 @@ def evaluated(trained_checkpoint, cifar10_root, tmp_path_factory) -> Path:
                             chunk_size=4, eps=EPS, version="custom", attacks=["apgd-ce"], n_iter=3, n_restarts=1, seed=1,
                             out=out, state=out.with_name("r.state")))
     assert 0 < r["robust_correct"] < r["clean_correct"] - 1  # some broken, some robust: a non-trivial claim
+    return out
+
+
+@pytest.fixture(scope="module")
+def evaluated_fast(trained_checkpoint, cifar10_root, tmp_path_factory) -> Path:
+    """The same evaluation under the `fast` profile: on a CPU `verify`'s arithmetic, so a `verify`
+    spot check is a cross-profile one whose honest outcome is known (no re-run break)."""
+    out = tmp_path_factory.mktemp("robust_eval_fast") / "r.json"
+    run_eval(EvalConfig(model=str(trained_checkpoint), data_dir=str(cifar10_root), device="cpu", n_examples=N,
+                        chunk_size=4, eps=EPS, version="custom", attacks=["apgd-ce"], n_iter=3, n_restarts=1, seed=1,
+                        numerics="fast", out=out, state=out.with_name("r.state")))
     return out
 
 
@@ -101,8 +113,75 @@ def test_hidden_break_is_caught_by_spot_check_all(evaluated, trained_checkpoint,
     assert "robust claim refused" in err and str(hidden["p"]) in err and "\n" not in err.strip(), err
 
 
+def _hide(k: int, hidden: list):
+    """A forgery: flip `k` broken samples to "robust" and drop their evidence (counts kept consistent)."""
+
+    def mutate(r, items):
+        flags = unpack_flags(r["robust_flags"], N)
+        hidden.extend(e.position for e in items[:k])
+        flags[hidden] = True
+        r.update(robust_flags=pack_flags(flags), robust_correct=r["robust_correct"] + k, robust_acc=(r["robust_correct"] + k) / N)
+        return items[k:]
+
+    return mutate
+
+
+def test_cross_profile_spot_check_counts_rerun_breaks_up_to_the_cap(evaluated_fast, trained_checkpoint, cifar10_root,
+                                                                      tmp_path, capsys):
+    """Published under `fast`, re-run under `verify`: an honest claim passes with no re-run break;
+    breaks hidden up to the cap are found, counted into the bound and named; beyond it, refused."""
+    r = json.loads(evaluated_fast.read_text())
+    robust, breaks = r["robust_correct"], r["clean_correct"] - r["robust_correct"]
+    p = _pull(publish(trained_checkpoint, evaluated_fast, tmp_path / "honest"), cifar10_root, robust=True,
+              spot_check_chunks="all")
+    cap = spot_cap(robust)
+    assert (f"3 of 3 chunks reproduced within tolerance (another numerics profile, fast → verify: 0 re-run breaks of "
+            f"robust-flagged samples, counted; cap {cap})") in p.robust_message, p.robust_message
+    assert p.robust["bound_correct"] == robust and p.robust["spot_check"]["rerun_breaks"] == []
+    within = spot_cap(robust + 1)
+    assert within >= 1, "the measured cap allows one re-run break among this many robust-flagged samples"
+    hidden: list = []
+    p = _pull(publish(trained_checkpoint, evaluated_fast, tmp_path / "within", _hide(1, hidden)), cifar10_root,
+              robust=True, spot_check_chunks="all")
+    assert p.robust["rerun_breaks"] == 1 and p.robust["spot_check"]["rerun_breaks"] == hidden
+    assert p.robust["bound_correct"] == robust  # the hidden break is counted: the bound is the honest count
+    assert (f"{breaks - 1}/{breaks - 1} breaks proved, 1 more by the spot check's re-run (samples {hidden[0]})"
+            in p.robust_message), p.robust_message
+    assert f"1 re-run break of a robust-flagged sample, counted; cap {within})" in p.robust_message
+    k = next(h for h in range(1, breaks + 1) if h > spot_cap(robust + h))  # the fewest hidden breaks beyond the cap
+    hidden = []
+    folder = publish(trained_checkpoint, evaluated_fast, tmp_path / "beyond", _hide(k, hidden))
+    capsys.readouterr()
+    assert main(["pull", str(folder), "--data-dir", str(cifar10_root), "--spot-check", "all"]) == 3
+    err = capsys.readouterr().err.strip()
+    assert (f"breaks {k} samples the claim calls robust" in err and f"cap {spot_cap(robust + k)} of {robust + k}" in err
+            and f"samples {', '.join(map(str, sorted(hidden)))}" in err and "\n" not in err), err
+
+
 def _exact(e: Encoded, image: torch.Tensor) -> Encoded:
     return Encoded(e.position, e.label, e.adv_label, e.attack, EXACT, 0.0, _deflate(image.numpy().astype("<f4").tobytes()))
+
+
+def test_same_profile_other_example_bytes_are_reported_not_refused(evaluated, trained_checkpoint, cifar10_root, tmp_path):
+    """The same adversarial input stored another way (exactly, not quantized): the flags reproduce,
+    the bytes do not. Other kernels on the same profile do that (docs/numerics.md); the stored
+    example is proved on its own, so the spot check reports it and passes."""
+    from rbzoo.evidence import decode_one
+
+    ds = rbzoo.data.get_dataset("cifar10", "test", cifar10_root)
+    moved = []
+
+    def restore(r, items):
+        e = items[0]
+        moved.append(e.position)
+        return [_exact(e, decode_one(ds[e.position][0], e))] + items[1:]
+
+    p = _pull(publish(trained_checkpoint, evaluated, tmp_path / "bytes", restore), cifar10_root, robust=True,
+              spot_check_chunks="all")
+    r = json.loads(evaluated.read_text())
+    assert p.robust["bound_correct"] == r["robust_correct"] and p.robust["spot_check"]["evidence_differs"] == moved
+    assert (f"3 of 3 chunks reproduced exactly (robust flags; the re-run's adversarial examples of samples {moved[0]} "
+            f"differ from the stored ones") in p.robust_message, p.robust_message
 
 
 @pytest.mark.parametrize("forgery", ["clean image", "outside eps", "outside [0, 1]"])
@@ -159,7 +238,7 @@ def test_near_ties_are_reported_not_failed(evaluated, trained_checkpoint, cifar1
     folder = publish(trained_checkpoint, evaluated, tmp_path / "near")
     p = _pull(folder, cifar10_root, robust=True, numerics="bf16", spot_check_chunks=1, spot_seed=0)
     r = json.loads(evaluated.read_text())
-    assert "1 of 3 chunks reproduced within tolerance (another numerics profile: verify → bf16)" in p.robust_message
+    assert "1 of 3 chunks reproduced within tolerance (another numerics profile, verify → bf16: " in p.robust_message
     assert "caught with probability 33 %" in p.robust_message
     near = p.robust["near_ties"]
     assert near and "near-ties (adversarial margin < τ, not counted)" in p.robust_message
@@ -175,6 +254,16 @@ def test_official_entry_without_evidence_says_so_and_catch_probability():
     assert len(cards) == 9 and all(c.rb["claimed"].get("evidence_sha256") is None for c in cards)
     assert catch_probability(20, 2, 2) == pytest.approx(1 - (18 * 17) / (20 * 19))
     assert catch_probability(8, 1, 8) == 1.0 and catch_probability(8, 0, 3) == 0.0
+
+
+def test_bound_counts_each_sample_shown_non_robust_once():
+    """Wrong on the clean pass here, a proved published break, a proved re-run break: a sample in
+    two of these sets still lowers the bound by one."""
+    v = RobustVerdict(10, 7, 3, proved=np.array([1, 2]), near_ties=np.array([3]), incorrect_here=np.array([2, 5]),
+                      spot={"rerun_breaks": [7, 5], "message": "checked"})
+    assert v.bound == 10 - len({1, 2, 5, 7})
+    assert v.message().startswith("robust ≤ 60.00 %: 2/3 breaks proved, 2 more by the spot check's re-run (samples 7, 5)")
+    assert v.to_json()["rerun_breaks"] == 2 and v.to_json()["bound_correct"] == 6
 
 
 # --- sizes are bounded before anything is read ---------------------------------------------------

@@ -17,8 +17,8 @@ import torch
 from rbzoo.errors import VerificationError
 from rbzoo.exact import label_bits, pack_uint, predictions_digest, relative_margins
 from rbzoo.verdict import (CAP_RATE, DEGENERATE_SHARE, DEGENERATE_TAU, MAX_GRAPH_DEVIATION, MEASURED_FLIPS, SAFETY,
-                           TAU, Certificate, certify, compare, compare_count, compare_logits, count_cap, degenerate,
-                           strict, tau_for)
+                           SPOT_MEASURED, SPOT_RATE, TAU, Certificate, certify, compare, compare_count, compare_logits,
+                           count_cap, degenerate, spot_cap, strict, tau_for)
 
 NUMERICS_MD = Path(__file__).resolve().parent.parent / "docs" / "numerics.md"
 
@@ -160,6 +160,28 @@ def test_count_cap_is_the_one_the_doc_states():
     assert count_cap(10_000) == 52 and count_cap(50) == 1 and count_cap(0) == 0
     assert f"{count_cap(10_000)} of 10,000" in cap
     assert f"below {DEGENERATE_TAU:g}, more than {DEGENERATE_SHARE:.0%}".replace("%", " %") in cap
+
+
+def test_spot_cap_is_the_one_the_doc_states():
+    """SPOT_MEASURED is the doc's table: k = the proved re-run breaks of every cross-profile row
+    (a variant is named by its profile, then "-" and how it runs it), T = each model's robust-flagged
+    samples counted once (its first row); the rate and examples in the text follow from them."""
+    sec = _section("The spot-check cap")
+    rows = re.findall(r"^\| (\w+) \(([\d, ]+)\) \| ([\w-]+) ↔ ([\w-]+) \| (\d+) \| (\d+) \| (\d+) \| (\d+) \((\d+)\) "
+                      r"\| (\d+) \((\d+)\) \| ([\d.]+|—) \|$", sec, re.M)
+    assert len(rows) >= 10
+    k = sum(int(r[8]) + int(r[10]) for r in rows if r[2].split("-")[0] != r[3].split("-")[0])
+    first = {}
+    for r in rows:
+        first.setdefault(r[0], int(r[5]))
+    assert SPOT_MEASURED == (k, sum(first.values()))
+    assert SPOT_RATE == SAFETY * max(k, 3) / SPOT_MEASURED[1]
+    assert f"4 × max({k}, 3) / {SPOT_MEASURED[1]} = **{SPOT_RATE:.2%}**".replace("%", " %") in sec
+    assert f"That is {spot_cap(100)} of 100 robust-flagged samples, {spot_cap(5000)} of 5,000" in sec
+    assert spot_cap(0) == 0 and spot_cap(1) == 1 and spot_cap(100) >= 1
+    tops = [(float(r[11]), tau_for(r[2].split("-")[0], r[3].split("-")[0])) for r in rows if r[11] != "—"]
+    assert all(top < tau for top, tau in tops)  # every re-run break measured was a near-tie of its pair
+    assert f"at most {max(t for t, _ in tops):g}, far below τ" in sec
 
 
 # --- τ at its boundary ---------------------------------------------------------------------------------
