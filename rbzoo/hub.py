@@ -38,7 +38,7 @@ from .evidence import max_evidence_bytes, read_evidence
 from .inspection import describe
 from .reproduction import for_card as reproduction_for_card
 from .resolve import RUN_FOLDER_FILES
-from .robust_check import check_consistency
+from .robust_check import check_consistency, published_attack
 from .verdict import Certificate, check_claims, compare
 
 CARD_FILE = "README.md"
@@ -213,6 +213,7 @@ def robust_evidence(res: dict, res_path: Path | None, cert: Certificate, dataset
         raise ConfigError(f"{path}: SHA-256 differs from the one {src} records")
     try:
         evidence = read_evidence(data, n_examples=res["n_examples"], numel=numel)
+        published_attack(res)  # the settings a spot check will replay
         check_consistency(res, evidence, cert)
     except VerificationError as e:
         raise ConfigError(f"{src}: refusing to publish an inconsistent robust claim: {e}") from None

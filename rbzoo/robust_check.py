@@ -31,13 +31,32 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-from .errors import VerificationError
+from .errors import ConfigError, VerificationError
 from .evidence import BreakCheck, Encoded, Evidence, check_breaks
 from .exact import numerics, ordered_batches, unpack_flags
-from .robust import ChunkRecord, chunk_seed, make_attack_spec, run_chunk
+from .robust import AttackSpec, ChunkRecord, chunk_seed, make_attack_spec, run_chunk
 from .verdict import MAX_NAMED, Certificate, named, spot_cap
 
 ATTACK_KEYS = ("norm", "eps", "version", "attacks", "seed", "chunk_size", "n_iter", "n_restarts", "n_queries", "numerics")
+
+
+def published_attack(results: dict, profile: str | None = None) -> AttackSpec:
+    """The attack a results file states, validated as `rbzoo eval` validates its options; `profile`
+    replaces its numerics profile (a re-run elsewhere). Anything missing or invalid is a
+    VerificationError: the file is published, not the user's input."""
+    a = results.get("attack")
+    try:
+        if not isinstance(a, dict):
+            raise ConfigError("no attack settings")
+        common = dict(norm=a["norm"], eps=a["eps"], seed=a["seed"], chunk_size=a["chunk_size"],
+                      numerics=a.get("numerics", "verify") if profile is None else profile)
+        if a.get("version") == "pgd":
+            return make_attack_spec(**common, pgd_steps=a["steps"], pgd_alpha=a["alpha"])
+        return make_attack_spec(**common, version=a["version"], attacks=a["attacks"] if a["version"] == "custom" else None,
+                                n_iter=a.get("n_iter"), n_restarts=a.get("n_restarts"), n_queries=a.get("n_queries"))
+    except (ConfigError, KeyError, TypeError, ValueError, OverflowError) as e:
+        what = f"{e} is missing" if isinstance(e, KeyError) else str(e)
+        raise VerificationError(f"results: the attack settings are not valid ({what[:200]})") from None
 
 
 def robust_flags(results: dict) -> np.ndarray:
@@ -145,7 +164,7 @@ def prove_breaks(model: nn.Module, dataset: Dataset, indices, results: dict, evi
     """Check every stored example against `model` and the true images (`dataset[indices[pos]]`).
     `true_labels` and `clean_correct_here` come from this machine's clean pass of the same samples;
     `images` ({position: (image, label)}), the images that pass kept, saves loading them again."""
-    attack = results.get("attack") or {}
+    attack = published_attack(results)
     n = results["n_examples"]
     broken = check_consistency(results, evidence, cert, true_labels)
     stored = evidence.by_position()
@@ -156,15 +175,14 @@ def prove_breaks(model: nn.Module, dataset: Dataset, indices, results: dict, evi
     else:
         x, y = _images(dataset, indices, broken)
     with numerics(profile, device):
-        chk: BreakCheck = check_breaks(model, x.to(device), y.to(device), items, norm=attack["norm"], eps=float(attack["eps"]),
-                                       tau=tau)
+        chk: BreakCheck = check_breaks(model, x.to(device), y.to(device), items, norm=attack.norm, eps=attack.eps, tau=tau)
     bad_label = chk.positions[~chk.label_ok]
     if len(bad_label):
         raise VerificationError(f"samples {named(bad_label)}: the stored true label is not the test data's")
     outside = chk.positions[~chk.ball]
     if len(outside):
         raise VerificationError(f"samples {named(outside)}: the stored adversarial example is outside the "
-                                f"{attack['norm']} ball of radius {float(attack['eps']):.6g}")
+                                f"{attack.norm} ball of radius {attack.eps:.6g}")
     box = chk.positions[~chk.box]
     if len(box):
         raise VerificationError(f"samples {named(box)}: the stored adversarial example is outside [0, 1]")
@@ -195,22 +213,14 @@ def spot_check(model: nn.Module, dataset: Dataset, indices, results: dict, evide
     proved is a real break (returned as "rerun_breaks", which :class:`RobustVerdict` counts into
     its bound), and more of them than `verdict.spot_cap` of the checked robust-flagged samples is a
     refusal (docs/numerics.md, "The spot-check cap")."""
-    attack = dict(results.get("attack") or {})
-    if attack.get("version") == "pgd":
-        spec = make_attack_spec(norm=attack["norm"], eps=attack["eps"], seed=attack["seed"], chunk_size=attack["chunk_size"],
-                                pgd_steps=attack["steps"], pgd_alpha=attack["alpha"], numerics=profile)
-    else:
-        spec = make_attack_spec(norm=attack["norm"], eps=attack["eps"], version=attack["version"],
-                                attacks=attack["attacks"] if attack["version"] == "custom" else None, seed=attack["seed"],
-                                chunk_size=attack["chunk_size"], n_iter=attack.get("n_iter"),
-                                n_restarts=attack.get("n_restarts"), n_queries=attack.get("n_queries"), numerics=profile)
+    spec = published_attack(results, profile)
     n, cs = results["n_examples"], spec.chunk_size
     n_chunks = (n + cs - 1) // cs
     flags = robust_flags(results)
     published_correct = flags | np.isin(np.arange(n), [e.position for e in evidence.items])
     chosen = list(range(n_chunks)) if k is None or k >= n_chunks else sorted(
         np.random.default_rng(seed).choice(n_chunks, size=k, replace=False).tolist())
-    published = attack.get("numerics", "verify")
+    published = published_attack(results).numerics
     same_profile = published == profile
     idx = np.asarray(indices, dtype=np.int64)
     mismatch, other_bytes, breaks, near, back, robust_checked = [], [], [], [], 0, 0

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import re
 import time
 from collections.abc import Callable
@@ -37,6 +38,7 @@ import numpy as np
 from ._io import canonical_json, check_output, file_sha256, read_bounded, read_json, write_bytes, write_json, write_text
 from .cards import NAME_RE, REPO_RE, Card, build_card, load_card
 from .checkpoint import build, checkpoint_dataset, load, read
+from .config import parse_eps
 from .constants import cards_dir as default_cards_dir
 from .constants import rbzoo_home
 from .convert import CONVERTER_VERSION, convert_official
@@ -47,9 +49,10 @@ from .exact import check_profile, clean_accuracy
 from .fetch import REGISTRY_NAME as DOWNLOADS_FILE
 from .fetch import download
 from .hub import CARD_FILE, EVIDENCE_FILE, RESULTS_FILE, Progress, fetch_hub, load_test_split, robust_evidence
+from .labels import attack_label, eps_label
 from .registry import Registry
 from .resolve import looks_local
-from .robust_check import prove_breaks, spot_check
+from .robust_check import prove_breaks, published_attack, spot_check
 from .verdict import TAU, Certificate, Verdict, check_claims, compare, compare_count, degenerate, tau_for
 from .verdict import strict as strict_verdict
 from .verified import folder_origin, hub_origin, registry_entries, zoo_origin
@@ -493,8 +496,9 @@ def _verify_robust(f: _Fetched, out: PullResult, keep: dict, *, device: str, num
     clean, ds = keep["clean"], keep["dataset"]
     spec = get_spec(card.dataset)
     evidence = read_evidence(f.evidence, n_examples=clean.n_examples, numel=spec.channels * spec.image_size ** 2)
-    attack_profile = (res.get("attack") or {}).get("numerics", "verify")
-    tau = tau_for(numerics, attack_profile)
+    attack = published_attack(res)  # VerificationError if missing or invalid
+    _same_threat_model(label, card.robust_args, attack, evidence.meta)
+    tau = tau_for(numerics, attack.numerics)
     idx = np.arange(clean.n_examples)
     try:
         verdict = prove_breaks(keep["model"], ds, idx, res, evidence, cert, clean.labels, clean.correct_mask,
@@ -507,6 +511,25 @@ def _verify_robust(f: _Fetched, out: PullResult, keep: dict, *, device: str, num
         raise VerificationError(f"{label}: robust claim refused: {e}") from None
     out.robust, out.robust_message = verdict.to_json(), verdict.message()
     _registry_put(out_key(out), {**keep["record"], "robust": {"status": "proved", **verdict.to_json()}})
+
+
+def _same_threat_model(label: str, args: dict | None, attack, evidence_meta: dict) -> None:
+    """The card's robust metric (norm, ε, attack version) is the attack the results and the evidence
+    state: else a claim at ε = 8/255 could stand on breaks and flags of a weaker attack."""
+    args = args or {}
+    try:
+        eps = parse_eps(args.get("eps"))
+    except (ConfigError, TypeError, ValueError):
+        eps = None
+    stated = f"{args.get('norm')} ε = {eps_label(eps)}, {attack_label(args)}"
+    ran = f"{attack.norm} ε = {eps_label(attack.eps)}, {attack_label(attack.as_dict())}"
+    if args.get("norm") != attack.norm or args.get("version") != attack.version or eps is None \
+            or not math.isclose(eps, attack.eps, rel_tol=1e-9):
+        raise VerificationError(f"{label}: the card claims robust accuracy under {stated}, but the published results "
+                                f"come from {ran}")
+    if evidence_meta.get("norm", attack.norm) != attack.norm or not isinstance(evidence_meta.get("eps", attack.eps), (int, float)) \
+            or not math.isclose(float(evidence_meta.get("eps", attack.eps)), attack.eps, rel_tol=1e-9):
+        raise VerificationError(f"{label}: {EVIDENCE_FILE} was made under another threat model than the results state ({ran})")
 
 
 def maintainer_block(model_digest: str, clean, cert: Certificate) -> dict:

@@ -93,6 +93,50 @@ def test_honest_round_trip_proves_every_break(evaluated, trained_checkpoint, cif
     assert rec and rec[-1]["robust"]["status"] == "proved" and rec[-1]["robust"]["spot_check"]["chunks"] == [0, 1, 2]
 
 
+@pytest.mark.parametrize("field, value, stated", [("eps", 8 / 255, "Linf ε = 8/255, AutoAttack custom"),
+                                                    ("norm", "L2", "L2 ε = 2/255, AutoAttack custom"),
+                                                    ("version", "standard", "Linf ε = 2/255, AutoAttack standard")])
+def test_card_claiming_another_threat_model_than_the_attack_is_refused(field, value, stated, evaluated, trained_checkpoint,
+                                                                       cifar10_root, tmp_path, capsys):
+    """The evidence proves breaks of the attack the results state; a card that claims its robust
+    accuracy under a larger ε, another norm or a stronger attack than that is refused, naming both."""
+    from rbzoo.cards import render_card
+
+    folder = publish(trained_checkpoint, evaluated, tmp_path / "pub")
+    card = zoo.load_card(folder / "README.md")
+    metric = next(m for m in card.meta["model-index"][0]["results"][0]["metrics"] if m["type"] == "robust_accuracy")
+    metric["args"][field] = value
+    if field == "eps":
+        card.meta["rbzoo"]["eps"] = value  # the card's own fields agree: only the attack behind them differs
+    (folder / "README.md").write_text(render_card(card.meta, card.body))
+    capsys.readouterr()
+    assert main(["pull", str(folder), "--data-dir", str(cifar10_root), "--robust"]) == 3
+    err = capsys.readouterr().err.strip()
+    assert f"the card claims robust accuracy under {stated}" in err and \
+        "but the published results come from Linf ε = 2/255, AutoAttack custom (apgd-ce)" in err and "\n" not in err, err
+
+
+def test_invalid_attack_settings_are_refused_on_push_and_pull(evaluated, trained_checkpoint, cifar10_root, tmp_path,
+                                                              capsys):
+    """A spot check replays the attack the results state: settings it cannot replay are refused when
+    published (exit 2) and when pulled (exit 3), in one line, never a traceback."""
+    def drop_seed(r, items):
+        del r["attack"]["seed"]
+        return items
+
+    with pytest.raises(ConfigError, match=r"refusing to publish an inconsistent robust claim: results: the attack "
+                                          r"settings are not valid \('seed' is missing\)"):
+        publish(trained_checkpoint, evaluated, tmp_path / "bad", drop_seed)
+    folder = publish(trained_checkpoint, evaluated, tmp_path / "pub")
+    r = json.loads((folder / "results.json").read_text())
+    r["attack"]["chunk_size"] = 0
+    (folder / "results.json").write_text(json.dumps(r))
+    capsys.readouterr()
+    assert main(["pull", str(folder), "--data-dir", str(cifar10_root), "--robust"]) == 3
+    err = capsys.readouterr().err.strip()
+    assert "results: the attack settings are not valid (chunk size must be >= 1, got 0)" in err and "\n" not in err, err
+
+
 def test_hidden_break_is_caught_by_spot_check_all(evaluated, trained_checkpoint, cifar10_root, tmp_path, capsys):
     hidden = {}
 
