@@ -36,6 +36,7 @@ from .errors import CheckpointError, ConfigError, DataError, HubError, RbzooErro
 from .exact import clean_accuracy
 from .evidence import max_evidence_bytes, read_evidence
 from .inspection import describe
+from .labels import card_attack
 from .reproduction import for_card as reproduction_for_card
 from .resolve import RUN_FOLDER_FILES
 from .robust_check import check_consistency, published_attack
@@ -271,7 +272,7 @@ def _card_block(ck: Checkpoint, data: bytes, sha: str, res: dict, cert: Certific
     n, correct = res["n_examples"], res["clean_correct"]
     if res.get("robust_acc") is not None:
         att = res["attack"]
-        robust, rargs, eps = round(100.0 * res["robust_acc"], 2), {k: att[k] for k in ("norm", "eps", "version")}, att["eps"]
+        robust, rargs, eps = round(100.0 * res["robust_acc"], 2), card_attack(att), att["eps"]
     elif brb.get("claimed", {}).get("robust_acc") is not None:
         robust, rargs, eps = brb["claimed"]["robust_acc"], base.robust_args, brb["eps"]
     else:

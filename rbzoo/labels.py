@@ -33,3 +33,16 @@ def attack_label(attack: dict) -> str:
     if version == "custom" and attack.get("attacks"):
         label += f" ({', '.join(map(str, attack['attacks']))})"
     return label
+
+
+NAMED_SUITES = ("standard", "plus", "rand")  # AutoAttack's versions with fixed settings
+
+
+def card_attack(attack: dict) -> dict:
+    """The robust metric a card states for a results file's `attack`: its norm, ε and version, where
+    a named suite run with changed iterations, restarts or queries is no longer that suite but
+    "custom" (a card must not call a weakened attack "standard")."""
+    version = attack.get("version")
+    if version in NAMED_SUITES and any(attack.get(k) is not None for k in ("n_iter", "n_restarts", "n_queries")):
+        version = "custom"
+    return {"norm": attack.get("norm"), "eps": attack.get("eps"), "version": version}

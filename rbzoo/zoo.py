@@ -49,7 +49,7 @@ from .exact import check_profile, clean_accuracy
 from .fetch import REGISTRY_NAME as DOWNLOADS_FILE
 from .fetch import download
 from .hub import CARD_FILE, EVIDENCE_FILE, RESULTS_FILE, Progress, fetch_hub, load_test_split, robust_evidence
-from .labels import attack_label, eps_label
+from .labels import attack_label, card_attack, eps_label
 from .registry import Registry
 from .resolve import looks_local
 from .robust_check import prove_breaks, published_attack, spot_check
@@ -523,7 +523,10 @@ def _same_threat_model(label: str, args: dict | None, attack, evidence_meta: dic
         eps = None
     stated = f"{args.get('norm')} ε = {eps_label(eps)}, {attack_label(args)}"
     ran = f"{attack.norm} ε = {eps_label(attack.eps)}, {attack_label(attack.as_dict())}"
-    if args.get("norm") != attack.norm or args.get("version") != attack.version or eps is None \
+    for key in ("n_iter", "n_restarts", "n_queries"):
+        if getattr(attack, key) is not None:
+            ran += f", {key} {getattr(attack, key)}"
+    if args.get("norm") != attack.norm or args.get("version") != card_attack(attack.as_dict())["version"] or eps is None \
             or not math.isclose(eps, attack.eps, rel_tol=1e-9):
         raise VerificationError(f"{label}: the card claims robust accuracy under {stated}, but the published results "
                                 f"come from {ran}")
@@ -666,7 +669,7 @@ def _write_robust(s: Spec, f: _Fetched, out: PullResult, keep: dict, results_pat
     n, rc = res["n_examples"], res["robust_correct"]
     claimed = dict(f.card.rb["claimed"], robust_acc=round(100.0 * rc / n, 2), robust_correct=rc, evidence_sha256=sha)
     rb = dict(f.card.rb, model_digest=block["model_digest"], expected=block["expected"], claimed=claimed)
-    rargs = {k: res["attack"][k] for k in ("norm", "eps", "version")}
+    rargs = card_attack(res["attack"])
     card = build_card(rb, robust_args=rargs, license=f.card.meta.get("license") or "mit")
     path = s.card_path or default_cards_dir(cards_dir) / f"{f.card.name}.md"
     for target in (path, *(path.with_name(f.card.name + x) for x in (CERTIFICATE_SUFFIX, EVIDENCE_SUFFIX, RESULTS_SUFFIX))):

@@ -116,6 +116,34 @@ def test_card_claiming_another_threat_model_than_the_attack_is_refused(field, va
         "but the published results come from Linf ε = 2/255, AutoAttack custom (apgd-ce)" in err and "\n" not in err, err
 
 
+def test_a_named_suite_with_changed_iterations_is_published_as_custom(evaluated, trained_checkpoint, cifar10_root,
+                                                                       tmp_path, capsys):
+    """AutoAttack "standard" run with 3 iterations is not AutoAttack standard: push writes the card's
+    robust metric as "custom", and a card that calls it "standard" is refused on pull --robust."""
+    from rbzoo.cards import render_card
+    from rbzoo.labels import card_attack
+
+    assert card_attack({"norm": "Linf", "eps": EPS, "version": "standard"})["version"] == "standard"
+    assert card_attack({"norm": "Linf", "eps": EPS, "version": "plus", "n_queries": 10})["version"] == "custom"
+
+    def as_standard(r, items):
+        r["attack"]["version"] = "standard"  # n_iter 3, n_restarts 1 stay: a weakened suite
+        return items
+
+    folder = publish(trained_checkpoint, evaluated, tmp_path / "pub", as_standard)
+    card = zoo.load_card(folder / "README.md")
+    assert card.robust_args["version"] == "custom"
+    assert _pull(folder, cifar10_root, robust=True).robust["proved"] > 0
+    metric = next(m for m in card.meta["model-index"][0]["results"][0]["metrics"] if m["type"] == "robust_accuracy")
+    metric["args"]["version"] = "standard"
+    (folder / "README.md").write_text(render_card(card.meta, card.body))
+    capsys.readouterr()
+    assert main(["pull", str(folder), "--data-dir", str(cifar10_root), "--robust"]) == 3
+    err = capsys.readouterr().err.strip()
+    assert ("the card claims robust accuracy under Linf ε = 2/255, AutoAttack standard, but the published results come "
+            "from Linf ε = 2/255, AutoAttack standard, n_iter 3, n_restarts 1") in err, err
+
+
 def test_invalid_attack_settings_are_refused_on_push_and_pull(evaluated, trained_checkpoint, cifar10_root, tmp_path,
                                                               capsys):
     """A spot check replays the attack the results state: settings it cannot replay are refused when
