@@ -275,7 +275,7 @@ def spot_check(model: nn.Module, dataset: Dataset, indices, results: dict, evide
         hidden = f"more than the cap of breaks hidden in {hide} of the {n_chunks} chunks"
     message = (f"{len(chosen)} of {n_chunks} chunks reproduced {how}; {hidden} would have been caught with "
                f"probability {100 * p:.0f} %")
-    return {"chunks": chosen, "n_chunks": n_chunks, "same_profile": same_profile, "profiles": [published, profile],
+    return {"chunks": chosen, "seed": int(seed), "n_chunks": n_chunks, "same_profile": same_profile, "profiles": [published, profile],
             "catch_probability": p, "hidden_chunks_assumed": hide, "robust_checked": robust_checked, "cap": cap,
             "rerun_breaks": [int(i) for i in breaks], "near_ties": sorted(int(i) for i in near),
             "published_breaks_missed": back, "evidence_differs": sorted(int(i) for i in other_bytes), "message": message}

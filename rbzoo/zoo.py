@@ -28,6 +28,7 @@ import hashlib
 import json
 import math
 import re
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -636,7 +637,7 @@ def pull(spec: str, *, data_dir: str | Path | None = None, verify: bool = True, 
                   progress=progress, base=base, keep=keep)
     if robust:
         _verify_robust(f, out, keep, device=device, numerics=numerics, spot=spot_check_chunks,
-                       spot_seed=spot_seed if spot_seed is not None else int(time.time()))
+                       spot_seed=spot_seed if spot_seed is not None else secrets.randbits(32))
     if write_card and robust_results is not None:
         out.written_card = _write_robust(s, f, out, keep, Path(robust_results), cards_dir, device=device,
                                          numerics=numerics, force=force)
