@@ -13,6 +13,7 @@ from pathlib import Path
 from .cards import Card, load_cards
 from .constants import cards_dir as default_cards_dir
 from .constants import rbzoo_home
+from .labels import pct
 from .registry import Registry
 
 REGISTRY_FILE = "verified.json"
@@ -84,9 +85,26 @@ def _status(card: Card, entries: dict[str, dict]) -> str:
 
     recs = [r for r in entries.values() if mine(r)]
     found = next((st for st in _ORDER if any(r.get("status") == st for r in recs)), None)
+    if found == "verified":
+        return found + _robust_status(card, [r for r in recs if r.get("status") == "verified"])
     if found or card.repo_id is not None:
         return found or "not pulled"
     return "import from source" if card.rb["source_url"] else "import: --source FILE"
+
+
+def _robust_status(card: Card, recs: list[dict]) -> str:
+    """What `pull --robust` proved here about the evidence this card pins: "; robust ≤ 55.67 %"
+    (every stored break proved), "; robust refused", or nothing (never checked, or other evidence)."""
+    pin = card.rb["claimed"].get("evidence_sha256")
+    proofs = [r["robust"] for r in recs if isinstance(r.get("robust"), dict) and pin
+              and r["robust"].get("evidence_sha256") == pin]
+    if any(p.get("status") == "failed" for p in proofs):
+        return "; robust refused"
+    proved = [p for p in proofs if p.get("status") == "proved" and isinstance(p.get("n"), int) and p["n"] > 0]
+    if not proved:
+        return ""
+    best = min(proved, key=lambda p: p["bound_correct"] / p["n"])
+    return f"; robust ≤ {pct(best['bound_correct'], of=best['n'])}"
 
 
 def list_zoo(cards_dir: str | Path | None = None) -> list[ZooEntry]:

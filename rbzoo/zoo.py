@@ -508,10 +508,12 @@ def _verify_robust(f: _Fetched, out: PullResult, keep: dict, *, device: str, num
             verdict.spot = spot_check(keep["model"], ds, idx, res, evidence, cert, k=None if spot == "all" else int(spot),
                                       seed=spot_seed, profile=numerics, tau=tau, device=device)
     except VerificationError as e:
-        _registry_put(out_key(out), {**keep["record"], "robust": {"status": "failed", "message": str(e)}})
+        _registry_put(out_key(out), {**keep["record"], "robust": {"status": "failed", "evidence_sha256": pin,
+                                                                  "message": str(e)}})
         raise VerificationError(f"{label}: robust claim refused: {e}") from None
     out.robust, out.robust_message = verdict.to_json(), verdict.message()
-    _registry_put(out_key(out), {**keep["record"], "robust": {"status": "proved", **verdict.to_json()}})
+    _registry_put(out_key(out), {**keep["record"], "robust": {"status": "proved", "evidence_sha256": pin,
+                                                              **verdict.to_json()}})
 
 
 def _same_threat_model(label: str, args: dict | None, attack, evidence_meta: dict) -> None:

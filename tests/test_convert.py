@@ -625,7 +625,14 @@ def test_pull_of_an_imported_entry_downloads_converts_and_verifies(tiny, tmp_pat
         capsys.readouterr()
         assert main(args + ["--robust"]) == 0
         breaks = correct - r["robust_correct"]
-        assert f"{breaks}/{breaks} breaks proved" in " ".join(capsys.readouterr().out.split())
+        out = " ".join(capsys.readouterr().out.split())
+        bound = f"{100 * r['robust_correct'] / 50:.2f} %"
+        assert f"{breaks}/{breaks} breaks proved" in out and f"proved here: ≤ {bound}" in out, out
+        # The zoo listing says what was proved about the evidence this card pins, and only that.
+        from rbzoo.verified import list_zoo
+
+        status = {e.card.name: e.status for e in list_zoo(cards)}
+        assert status["tiny-import"] == f"verified; robust ≤ {bound}", status
     # A card claiming another count: the pull fails (exit 3) and says by how much.
     _zoo_card(cards, None, wrong, name="tiny-wrong")
     assert main(["pull", "tiny-wrong", "--cards-dir", str(cards), "--data-dir", str(cifar10_root),

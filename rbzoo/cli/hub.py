@@ -186,7 +186,10 @@ def _print_pull(spec: str, r) -> None:
     table.add_row("file", str(r.path))
     table.add_row("size", f"{r.size:,} bytes ({f32 / r.size:,.0f}× smaller than float32), SHA-256 ok")
     table.add_row("clean accuracy", clean)
-    table.add_row("robust accuracy", _robust_text(card))
+    robust = _robust_text(card)
+    if r.robust:  # --robust: what was proved here, beside the claim
+        robust += f"; proved here: ≤ {pct(r.robust['bound_correct'], of=r.robust['n'])}"
+    table.add_row("robust accuracy", robust)
     console.print(table)
     if r.message:
         console.print(r.message, highlight=False, markup=False)
