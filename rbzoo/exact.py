@@ -14,6 +14,7 @@ import base64
 import hashlib
 import math
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -51,12 +52,26 @@ def _backend_flags() -> tuple:
             torch.is_deterministic_algorithms_warn_only_enabled(), torch.utils.deterministic.fill_uninitialized_memory)
 
 
+def _use_deterministic_algorithms(mode: bool, warn_only: bool) -> None:
+    # torch.use_deterministic_algorithms also imports torch._inductor to set its flag there: 1.6 s of
+    # CPU per process (bench/bench_eval_process.py), for a compiler rbzoo never uses. Inductor's flag is
+    # still set when something else has loaded it.
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None:  # another torch: the public call, whatever it costs
+        torch.use_deterministic_algorithms(mode, warn_only=warn_only)
+        return
+    setter(mode, warn_only=warn_only)
+    inductor = sys.modules.get("torch._inductor.config")
+    if inductor is not None:
+        inductor.deterministic = mode
+
+
 def _set_backend_flags(tf32: bool, benchmark: bool, deterministic: bool, warn_only: bool = True) -> None:
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cudnn.benchmark = benchmark
     torch.backends.cudnn.deterministic = deterministic
-    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+    _use_deterministic_algorithms(deterministic, warn_only)
     # Deterministic mode would also fill every new tensor with NaN, a debugging aid that cost an
     # attack 5-7 % on CPU (bench/bench_evidence.py) and changes no result of a kernel that writes
     # its output (APGD on CPU: bit-identical adversarial examples with and without it).
@@ -84,7 +99,7 @@ def numerics(profile: str = DEFAULT_PROFILE, device: str | torch.device = "cpu")
     finally:
         (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
          torch.backends.cudnn.deterministic) = saved[:4]
-        torch.use_deterministic_algorithms(saved[4], warn_only=saved[5])
+        _use_deterministic_algorithms(saved[4], saved[5])
         torch.utils.deterministic.fill_uninitialized_memory = saved[6]
 
 
