@@ -277,3 +277,19 @@ def test_contracts_layer_drawing_is_true():
     upward = sorted({(top(a), top(b)) for a, deps in import_graph().items() for b in deps
                      if top(a) and top(b) and top(a) != top(b) and level[top(b)] < level[top(a)]})
     assert not upward, "imports that point up the drawing in docs/contracts.md: " + ", ".join(f"{a} → {b}" for a, b in upward)
+
+
+def test_no_merge_conflict_markers():
+    """A half-resolved merge leaves markers that every other check may skip (a table row, a comment)."""
+    markers = ("<" * 7 + " ", ">" * 7 + " ")
+    found = []
+    for path in [ROOT / "README.md", ROOT / "pyproject.toml", *(p for d in ("rbzoo", "docs", "bench", "tests", "cards", ".ci")
+                                                                 for p in (ROOT / d).rglob("*") if p.is_file())]:
+        if path.suffix in (".pyc", ".png", ".safetensors") or "__pycache__" in path.parts:
+            continue
+        try:
+            lines = path.read_text("utf-8").splitlines()
+        except (UnicodeDecodeError, OSError):
+            continue
+        found += [f"{path.relative_to(ROOT)}:{i + 1}" for i, line in enumerate(lines) if line.startswith(markers)]
+    assert not found, "merge conflict markers: " + ", ".join(found)
