@@ -479,6 +479,19 @@ def fetch_hub(repo: str, rev: str, *, endpoint: str | None = None, token: str | 
             return get_hf_file_metadata(hf_hub_url(repo, filename, revision=revision, endpoint=endpoint),
                                         token=token, endpoint=endpoint)
 
+    def remote_size(filename: str, revision: str) -> int | None:
+        """The file's size as the server states it (one HEAD), or None if it is not there."""
+        from huggingface_hub import errors as E
+
+        remote_missing = getattr(E, "RemoteEntryNotFoundError", E.EntryNotFoundError)
+        with _hub_errors(f"{repo}@{revision[:12]}: {filename}", endpoint, token):
+            try:
+                size = get_hf_file_metadata(hf_hub_url(repo, filename, revision=revision, endpoint=endpoint),
+                                            token=token, endpoint=endpoint).size
+            except remote_missing:
+                return None
+        return size if isinstance(size, int) else None
+
     def download(filename: str, revision: str, optional: bool = False) -> Path | None:
         from huggingface_hub import errors as E
 
@@ -511,7 +524,16 @@ def fetch_hub(repo: str, rev: str, *, endpoint: str | None = None, token: str | 
         etag = (metadata(fname, commit).etag or "").strip('"').lower()
         server_sha = etag if HEX64.match(etag) else None
     results_path = download(RESULTS_FILE, commit, optional=True)
-    evidence_path = download(EVIDENCE_FILE, commit, optional=True) if card.rb["claimed"].get("evidence_sha256") else None
+    evidence_path = None
+    if card.rb["claimed"].get("evidence_sha256"):
+        spec, n = get_spec(card.dataset), card.expected["n_examples"]
+        ev_limit, ev_what = max_evidence_bytes(n, spec.channels * spec.image_size ** 2), f"the evidence of {n} samples"
+        ev_name = f"{repo}@{commit[:12]}: the published {EVIDENCE_FILE}"
+        size = None if offline else remote_size(EVIDENCE_FILE, commit)
+        if size is not None and size > ev_limit:  # refused before a byte reaches the disk
+            raise VerificationError(f"{ev_name}: {size:,} bytes is more than {ev_limit:,}, the most {ev_what} can be; "
+                                    f"refusing to download it")
+        evidence_path = download(EVIDENCE_FILE, commit, optional=True)
     path = download(fname, commit)
     # A published file that fails a check (too large, not JSON) is exit 3, named; neither is read
     # whole before its size is checked.
@@ -521,10 +543,7 @@ def fetch_hub(repo: str, rev: str, *, endpoint: str | None = None, token: str | 
                             name=f"{repo}@{commit[:12]}: the published {RESULTS_FILE}")
     evidence = None
     if evidence_path is not None:
-        spec, n = get_spec(card.dataset), card.expected["n_examples"]
-        evidence = read_bounded(evidence_path, max_evidence_bytes(n, spec.channels * spec.image_size ** 2),
-                                VerificationError, what=f"the evidence of {n} samples",
-                                name=f"{repo}@{commit[:12]}: the published {EVIDENCE_FILE}")
+        evidence = read_bounded(evidence_path, ev_limit, VerificationError, what=ev_what, name=ev_name)
     return HubFiles(card, path, results, commit, server_sha, lambda: _purge_cached(path), evidence)
 
 

@@ -386,7 +386,8 @@ def test_oversized_local_input_is_refused_unread_on_push(name, evaluated, traine
 
 def test_oversized_evidence_on_the_hub_is_refused_unread(server, evaluated, trained_checkpoint, cifar10_root, tmp_path):
     """The same bound on a Hub download: an evidence file one byte past what the card's evaluation can
-    need is refused (exit 3), naming the repo, the commit and both sizes, before it is hashed or parsed."""
+    need is refused (exit 3), naming the repo, the commit and both sizes, on the size the server
+    states, before a byte of it is downloaded."""
     from huggingface_hub import CommitOperationAdd, HfApi
     from hub_server import TEST_TOKEN
 
@@ -402,4 +403,7 @@ def test_oversized_evidence_on_the_hub_is_refused_unread(server, evaluated, trai
         zoo.pull(repo, data_dir=cifar10_root, endpoint=server.url, token=TEST_TOKEN, cards_dir=tmp_path / "cards",
                  robust=True)
     assert str(e.value).startswith(f"{repo}@{commit[:12]}: the published evidence.safetensors: {limit + 1:,} bytes is "
-                                   f"more than {limit:,}"), e.value
+                                   f"more than {limit:,}") and str(e.value).endswith("refusing to download it"), e.value
+    from rbzoo.constants import hf_cache_dir
+
+    assert not [p for p in Path(hf_cache_dir()).rglob("evidence.safetensors") if p.stat().st_size > limit]
