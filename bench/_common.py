@@ -48,6 +48,32 @@ def dense_twin(model: nn.Module, *, requires_grad: bool = True) -> nn.Module:
     return twin
 
 
+def fit_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: int, lr: float) -> nn.Module:
+    """Fit a masked model's scores to (x, y), full batch, Adam (a fixture model that classifies its
+    data mostly right, in seconds; call `torch.manual_seed` first for a reproducible fit)."""
+    import torch.nn.functional as F
+
+    model.train()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    for _ in range(steps):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model
+
+
+def exact_bn_statistics(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """Set every BatchNorm's running statistics to the exact ones of `x` (not a running average)."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    with torch.no_grad():
+        model.train()(x)
+    return model.eval()
+
+
 def set_threads(n: int | None) -> int:
     """Fix the intra-op thread count (default: all cores the process may use)."""
     if n is None:

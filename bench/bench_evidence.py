@@ -30,10 +30,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-import _common  # noqa: F401  (puts the checkout on sys.path)
+import _common  # (also puts the checkout on sys.path)
 import rbzoo
 import rbzoo.robust
 from rbzoo.evidence import Evidence, read_evidence
@@ -49,14 +48,8 @@ def digits_model():
     y = torch.tensor([int(train[i][1]) for i in range(len(train))])
     torch.manual_seed(0)
     model = rbzoo.create_model("tiny_resnet", num_classes=10, in_channels=1, mean=(0.3053,), std=(0.3760,), keep=0.5, p=1.0, seed=0,
-                               score_init_scale=1.0).train()
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05)
-    for _ in range(60):
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval(), test, 0.1
+                               score_init_scale=1.0)
+    return _common.fit_scores(model, x, y, steps=60, lr=0.05).eval(), test, 0.1
 
 
 def cifar_model(n: int, device: str = "cpu"):

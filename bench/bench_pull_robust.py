@@ -27,10 +27,8 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
-import _common  # noqa: F401  (puts the checkout on sys.path)
+import _common  # (also puts the checkout on sys.path)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import datagen  # noqa: E402
@@ -46,20 +44,9 @@ def fitted(root: Path, path: Path) -> Path:
     x = torch.stack([ds[i][0] for i in range(len(ds))])
     y = torch.tensor([ds[i][1] for i in range(len(ds))])
     torch.manual_seed(0)
-    model = rbzoo.create_model("tiny_resnet", keep=0.5, p=1.0, seed=3, score_init_scale=1.0).train()
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    for _ in range(40):
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None
-    with torch.no_grad():
-        model(x)
-    rbzoo.save(model.eval(), path, metadata={"rbzoo.dataset": rbzoo.data.dataset_metadata("cifar10")})
+    model = rbzoo.create_model("tiny_resnet", keep=0.5, p=1.0, seed=3, score_init_scale=1.0)
+    model = _common.exact_bn_statistics(_common.fit_scores(model, x, y, steps=40, lr=0.1), x)
+    rbzoo.save(model, path, metadata={"rbzoo.dataset": rbzoo.data.dataset_metadata("cifar10")})
     return path
 
 

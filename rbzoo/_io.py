@@ -103,11 +103,17 @@ def file_sha256(path: str | os.PathLike, algorithm: str = "sha256") -> tuple[str
     return h.hexdigest(), n
 
 
+def check_size(size: int, limit: int, error: type[Exception], *, what: str, name: str, action: str = "read") -> None:
+    """Refuse (with `error`, one line naming `name`, its size and the limit) a file of `size` bytes
+    larger than `limit`, before it is read or downloaded (`action`)."""
+    if size > limit:
+        raise error(f"{name}: {size:,} bytes is more than {limit:,}, the most {what} can be; refusing to {action} it")
+
+
 def _read_at_most(path: str | os.PathLike, limit: int, error: type[Exception], what: str, name: str) -> bytes:
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        if size > limit:
-            raise error(f"{name}: {size:,} bytes is more than {limit:,}, the most {what} can be; refusing to read it")
+        check_size(size, limit, error, what=what, name=name)
         data = f.read(size + 1)  # one byte more than the size seen: a file that grew since shows it
     if len(data) > size:
         raise error(f"{name}: grew while being read (from {size:,} bytes; {what} can be at most {limit:,}); "

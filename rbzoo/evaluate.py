@@ -120,7 +120,7 @@ def _check_config(config: EvalConfig, ckpt, path: Path):
         attack = make_attack_spec(norm=norm, eps=eps, version=config.version, attacks=config.attacks,
                                   seed=config.seed, chunk_size=config.chunk_size, n_iter=config.n_iter,
                                   n_restarts=config.n_restarts, n_queries=config.n_queries, pgd_steps=config.pgd_steps,
-                                  pgd_alpha=config.alpha, input_numel=spec.channels * spec.image_size ** 2,
+                                  pgd_alpha=config.alpha, input_numel=spec.numel,
                                   numerics=config.numerics)
     if config.batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {config.batch_size}")

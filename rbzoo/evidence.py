@@ -17,19 +17,23 @@ projects with ``x ± ε`` in float32. The *adversarial margin* of logits z for l
 ``(max_{j≠y} z_j − z_y) / max(‖z‖∞, tiny)``: positive iff the label is wrong.
 
 The evidence file is safetensors (numpy arrays, string metadata, no pickle); reading it bounds
-every size before allocating (:func:`read_evidence`). Imports nothing from rbzoo but `errors`.
+every size before allocating (:func:`read_evidence`; :func:`read_evidence_file` refuses an oversized
+file before reading it). Imports nothing from rbzoo but `errors` and `_io`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from ._io import read_bounded
 from .errors import VerificationError
 
 FORMAT = 1
@@ -248,6 +252,27 @@ def max_evidence_bytes(n_examples: int, numel: int) -> int:
     raw = 4 * numel
     deflated = raw + (raw >> 12) + (raw >> 14) + (raw >> 25) + 13  # zlib's compressBound
     return min(max(int(n_examples), 0) * (deflated + 64) + 4096, MAX_EVIDENCE_BYTES)
+
+
+def read_evidence_file(path, *, n_examples: int, numel: int, error: type[Exception], name: str | None = None) -> bytes:
+    """The bytes of an evidence file, refused by its size (before a byte is read) with `error` if
+    larger than an evaluation of `n_examples` inputs of `numel` values can need."""
+    return read_bounded(path, max_evidence_bytes(n_examples, numel), error, what=f"the evidence of {n_examples} samples",
+                        name=name)
+
+
+def results_evidence_file(results: dict, results_path, *, numel: int, error: type[Exception]) -> bytes:
+    """The bytes of the evidence file a results file names (`results["evidence"]["file"]`: beside it,
+    or an absolute path), read bounded and checked against the SHA-256 the results record."""
+    ev = results["evidence"]
+    name = Path(ev["file"])
+    path = name if name.is_absolute() else Path(results_path).parent / name.name
+    if not path.is_file():
+        raise error(f"{results_path}: its evidence file {path} is missing")
+    data = read_evidence_file(path, n_examples=int(results.get("n_examples") or 0), numel=numel, error=error)
+    if hashlib.sha256(data).hexdigest() != ev.get("sha256"):
+        raise error(f"{path}: SHA-256 differs from the one {results_path} records")
+    return data
 
 
 def read_evidence(data: bytes, *, n_examples: int, numel: int) -> Evidence:

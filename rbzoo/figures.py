@@ -670,25 +670,17 @@ def compare_data(a: Checkpoint | str | os.PathLike, b: Checkpoint | str | os.Pat
 
 def results_evidence(results_path: str | os.PathLike, r: dict):
     """The evidence file a results file names, checked against its SHA-256 and read (bounded)."""
-    import hashlib
-
-    from .evidence import max_evidence_bytes, read_evidence
+    from .evidence import read_evidence, results_evidence_file
 
     ev = r.get("evidence")
     if not isinstance(ev, dict) or not isinstance(ev.get("file"), str):
         raise DataError(f"{results_path}: the results name no evidence file (made before rbzoo kept evidence, "
                         f"or clean only); rerun `rbzoo eval`")
-    path = Path(results_path).parent / ev["file"]
-    if not path.is_file():
-        raise DataError(f"{results_path}: its evidence file {path} is missing")
     from .data import get_spec
 
-    spec, n = get_spec(r.get("dataset")), int(r.get("n_examples") or 0)
-    numel = spec.channels * spec.image_size ** 2
-    data = read_bounded(path, max_evidence_bytes(n, numel), DataError, what=f"the evidence of {n} samples")
-    if hashlib.sha256(data).hexdigest() != ev.get("sha256"):
-        raise DataError(f"{path}: SHA-256 differs from the one {results_path} records")
-    return read_evidence(data, n_examples=n, numel=numel)
+    numel = get_spec(r.get("dataset")).numel
+    data = results_evidence_file(r, results_path, numel=numel, error=DataError)
+    return read_evidence(data, n_examples=int(r.get("n_examples") or 0), numel=numel)
 
 
 def breaks_data(results: str | os.PathLike, data_dir=None, count: int = 6) -> tuple[dict, list]:

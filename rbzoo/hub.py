@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from ._io import check_output, read_bounded, read_json, write_bytes, write_text
+from ._io import check_output, check_size, read_json, write_bytes, write_text
 from .cards import HEX40, HEX64, NAME_RE, OBJECTIVES, REPO_RE, Card, build_card, load_card
 from .checkpoint import Checkpoint, build, checkpoint_dataset, read
 from .constants import cards_dir as default_cards_dir
@@ -34,7 +34,7 @@ from .constants import hf_cache_dir, hf_endpoint, hf_offline, hf_token
 from .data import DEFAULT_EPS, get_dataset, get_spec
 from .errors import CheckpointError, ConfigError, DataError, HubError, RbzooError, VerificationError
 from .exact import clean_accuracy
-from .evidence import max_evidence_bytes, read_evidence
+from .evidence import max_evidence_bytes, read_evidence, read_evidence_file, results_evidence_file
 from .inspection import describe
 from .labels import card_attack
 from .reproduction import for_card as reproduction_for_card
@@ -203,15 +203,8 @@ def robust_evidence(res: dict, res_path: Path | None, cert: Certificate, dataset
     if res_path is None or not isinstance(ev, dict) or not isinstance(ev.get("file"), str):
         raise ConfigError(f"{src}: claims a robust accuracy but names no evidence file (results made before rbzoo kept "
                           f"the adversarial examples); rerun `rbzoo eval`")
-    path = res_path.parent / Path(ev["file"]).name if not Path(ev["file"]).is_absolute() else Path(ev["file"])
-    if not path.is_file():
-        raise ConfigError(f"{src}: its evidence file {path} is missing")
-    spec = get_spec(dataset)
-    numel = spec.channels * spec.image_size ** 2
-    data = read_bounded(path, max_evidence_bytes(res["n_examples"], numel), ConfigError,
-                        what=f"the evidence of {res['n_examples']} samples")
-    if hashlib.sha256(data).hexdigest() != ev.get("sha256"):
-        raise ConfigError(f"{path}: SHA-256 differs from the one {src} records")
+    numel = get_spec(dataset).numel
+    data = results_evidence_file(res, res_path, numel=numel, error=ConfigError)
     try:
         evidence = read_evidence(data, n_examples=res["n_examples"], numel=numel)
         published_attack(res)  # the settings a spot check will replay
@@ -472,25 +465,20 @@ def fetch_hub(repo: str, rev: str, *, endpoint: str | None = None, token: str | 
 
     endpoint, token, offline, cache = hf_endpoint(endpoint), hf_token(token), hf_offline(), str(hf_cache_dir())
 
-    def metadata(filename: str, revision: str):
+    def metadata(filename: str, revision: str, optional: bool = False):
         # One HEAD without retries: a dead server or a 5xx fails at once, instead of after the
-        # download's own ~23 s of backoff.
-        with _hub_errors(f"{repo}@{revision}: {filename}", endpoint, token):
-            return get_hf_file_metadata(hf_hub_url(repo, filename, revision=revision, endpoint=endpoint),
-                                        token=token, endpoint=endpoint)
-
-    def remote_size(filename: str, revision: str) -> int | None:
-        """The file's size as the server states it (one HEAD), or None if it is not there."""
+        # download's own ~23 s of backoff. `optional`: None if the file is not there.
         from huggingface_hub import errors as E
 
         remote_missing = getattr(E, "RemoteEntryNotFoundError", E.EntryNotFoundError)
-        with _hub_errors(f"{repo}@{revision[:12]}: {filename}", endpoint, token):
+        with _hub_errors(f"{repo}@{revision}: {filename}", endpoint, token):
             try:
-                size = get_hf_file_metadata(hf_hub_url(repo, filename, revision=revision, endpoint=endpoint),
-                                            token=token, endpoint=endpoint).size
+                return get_hf_file_metadata(hf_hub_url(repo, filename, revision=revision, endpoint=endpoint),
+                                            token=token, endpoint=endpoint)
             except remote_missing:
-                return None
-        return size if isinstance(size, int) else None
+                if optional:
+                    return None
+                raise
 
     def download(filename: str, revision: str, optional: bool = False) -> Path | None:
         from huggingface_hub import errors as E
@@ -526,13 +514,12 @@ def fetch_hub(repo: str, rev: str, *, endpoint: str | None = None, token: str | 
     results_path = download(RESULTS_FILE, commit, optional=True)
     evidence_path = None
     if card.rb["claimed"].get("evidence_sha256"):
-        spec, n = get_spec(card.dataset), card.expected["n_examples"]
-        ev_limit, ev_what = max_evidence_bytes(n, spec.channels * spec.image_size ** 2), f"the evidence of {n} samples"
+        n, numel = card.expected["n_examples"], get_spec(card.dataset).numel
         ev_name = f"{repo}@{commit[:12]}: the published {EVIDENCE_FILE}"
-        size = None if offline else remote_size(EVIDENCE_FILE, commit)
-        if size is not None and size > ev_limit:  # refused before a byte reaches the disk
-            raise VerificationError(f"{ev_name}: {size:,} bytes is more than {ev_limit:,}, the most {ev_what} can be; "
-                                    f"refusing to download it")
+        head = None if offline else metadata(EVIDENCE_FILE, commit, optional=True)
+        if head is not None and isinstance(head.size, int):  # refused before a byte reaches the disk
+            check_size(head.size, max_evidence_bytes(n, numel), VerificationError, what=f"the evidence of {n} samples",
+                       name=ev_name, action="download")
         evidence_path = download(EVIDENCE_FILE, commit, optional=True)
     path = download(fname, commit)
     # A published file that fails a check (too large, not JSON) is exit 3, named; neither is read
@@ -543,7 +530,7 @@ def fetch_hub(repo: str, rev: str, *, endpoint: str | None = None, token: str | 
                             name=f"{repo}@{commit[:12]}: the published {RESULTS_FILE}")
     evidence = None
     if evidence_path is not None:
-        evidence = read_bounded(evidence_path, ev_limit, VerificationError, what=ev_what, name=ev_name)
+        evidence = read_evidence_file(evidence_path, n_examples=n, numel=numel, error=VerificationError, name=ev_name)
     return HubFiles(card, path, results, commit, server_sha, lambda: _purge_cached(path), evidence)
 
 

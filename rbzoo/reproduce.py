@@ -148,7 +148,7 @@ def make_plan(opts: ReproduceOptions) -> Plan:
     attack = make_attack_spec(norm=ev.norm, eps=ev.eps, version=ev.version, attacks=ev.attacks, seed=ev.seed,
                               chunk_size=ev.chunk_size, n_iter=ev.n_iter, n_restarts=ev.n_restarts,
                               n_queries=ev.n_queries, pgd_steps=ev.pgd_steps,
-                              input_numel=spec.channels * spec.image_size ** 2).as_dict()
+                              input_numel=spec.numel).as_dict()
     matches, why = attack_match(card.robust_args, attack)
     return Plan(card, card_path, entry_cfg, cfg, model, run_meta, deviations, out_dir, ev, attack, matches, why)
 

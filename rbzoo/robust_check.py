@@ -23,6 +23,7 @@ Any failure is a :class:`VerificationError` naming the samples (exit 3).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -37,19 +38,15 @@ from .exact import numerics, ordered_batches, unpack_flags
 from .robust import AttackSpec, ChunkRecord, chunk_seed, make_attack_spec, run_chunk
 from .verdict import MAX_NAMED, Certificate, named, spot_cap
 
-ATTACK_KEYS = ("norm", "eps", "version", "attacks", "seed", "chunk_size", "n_iter", "n_restarts", "n_queries", "numerics")
-
-
-def published_attack(results: dict, profile: str | None = None) -> AttackSpec:
-    """The attack a results file states, validated as `rbzoo eval` validates its options; `profile`
-    replaces its numerics profile (a re-run elsewhere). Anything missing or invalid is a
-    VerificationError: the file is published, not the user's input."""
+def published_attack(results: dict) -> AttackSpec:
+    """The attack a results file states, validated as `rbzoo eval` validates its options. Anything
+    missing or invalid is a VerificationError: the file is published, not the user's input."""
     a = results.get("attack")
     try:
         if not isinstance(a, dict):
             raise ConfigError("no attack settings")
         common = dict(norm=a["norm"], eps=a["eps"], seed=a["seed"], chunk_size=a["chunk_size"],
-                      numerics=a.get("numerics", "verify") if profile is None else profile)
+                      numerics=a.get("numerics", "verify"))
         if a.get("version") == "pgd":
             return make_attack_spec(**common, pgd_steps=a["steps"], pgd_alpha=a["alpha"])
         return make_attack_spec(**common, version=a["version"], attacks=a["attacks"] if a["version"] == "custom" else None,
@@ -213,14 +210,15 @@ def spot_check(model: nn.Module, dataset: Dataset, indices, results: dict, evide
     proved is a real break (returned as "rerun_breaks", which :class:`RobustVerdict` counts into
     its bound), and more of them than `verdict.spot_cap` of the checked robust-flagged samples is a
     refusal (docs/numerics.md, "The spot-check cap")."""
-    spec = published_attack(results, profile)
+    attack = published_attack(results)
+    spec = dataclasses.replace(attack, numerics=profile)  # re-run under this pull's profile
     n, cs = results["n_examples"], spec.chunk_size
     n_chunks = (n + cs - 1) // cs
     flags = robust_flags(results)
     published_correct = flags | np.isin(np.arange(n), [e.position for e in evidence.items])
     chosen = list(range(n_chunks)) if k is None or k >= n_chunks else sorted(
         np.random.default_rng(seed).choice(n_chunks, size=k, replace=False).tolist())
-    published = published_attack(results).numerics
+    published = attack.numerics
     same_profile = published == profile
     idx = np.asarray(indices, dtype=np.int64)
     mismatch, other_bytes, breaks, near, back, robust_checked = [], [], [], [], 0, 0

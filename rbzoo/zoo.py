@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import canonical_json, check_output, file_sha256, read_bounded, read_json, write_bytes, write_json, write_text
+from ._io import canonical_json, check_output, file_sha256, read_json, write_bytes, write_json, write_text
 from .cards import NAME_RE, REPO_RE, Card, build_card, load_card
 from .checkpoint import build, checkpoint_dataset, load, read
 from .config import parse_eps
@@ -45,7 +45,7 @@ from .constants import rbzoo_home
 from .convert import CONVERTER_VERSION, convert_official
 from .data import get_spec
 from .errors import ConfigError, HubError, RbzooError, VerificationError
-from .evidence import max_evidence_bytes, read_evidence
+from .evidence import Evidence, read_evidence, read_evidence_file
 from .exact import check_profile, clean_accuracy
 from .fetch import REGISTRY_NAME as DOWNLOADS_FILE
 from .fetch import download
@@ -172,9 +172,8 @@ def _fetch_folder(s: Spec) -> _Fetched:
 
 def _read_evidence_file(path: Path, card: Card) -> bytes:
     """A published evidence file, refused unread if larger than the card's evaluation can need."""
-    spec = get_spec(card.dataset)
-    limit = max_evidence_bytes(card.expected["n_examples"], spec.channels * spec.image_size ** 2)
-    return read_bounded(path, limit, VerificationError, what=f"the evidence of {card.expected['n_examples']} samples")
+    return read_evidence_file(path, n_examples=card.expected["n_examples"], numel=get_spec(card.dataset).numel,
+                              error=VerificationError)
 
 
 def _fetch_hub(s: Spec, endpoint: str | None, token: str | None) -> _Fetched:
@@ -456,17 +455,15 @@ def _verify(f: _Fetched, out: PullResult, ck, *, data_dir, device: str, numerics
     return out
 
 
-def _evidence_positions(f: _Fetched) -> list[int]:
-    """The positions the published evidence holds (read bounded), or none if it is unreadable: the
-    robust check then names what is wrong."""
+def _parsed_evidence(f: _Fetched) -> Evidence | None:
+    """The published evidence, parsed, or None if there is none or it is unreadable: the robust check
+    then parses it again to name what is wrong."""
     if f.evidence is None:
-        return []
+        return None
     try:
-        spec = get_spec(f.card.dataset)
-        ev = read_evidence(f.evidence, n_examples=f.card.expected["n_examples"], numel=spec.channels * spec.image_size ** 2)
+        return read_evidence(f.evidence, n_examples=f.card.expected["n_examples"], numel=get_spec(f.card.dataset).numel)
     except RbzooError:
-        return []
-    return [e.position for e in ev.items]
+        return None
 
 
 def _verify_robust(f: _Fetched, out: PullResult, keep: dict, *, device: str, numerics: str, spot, spot_seed: int) -> None:
@@ -495,8 +492,8 @@ def _verify_robust(f: _Fetched, out: PullResult, keep: dict, *, device: str, num
     if cert is None:
         raise VerificationError(f"{label}: a robust claim needs the per-sample certificate the card pins")
     clean, ds = keep["clean"], keep["dataset"]
-    spec = get_spec(card.dataset)
-    evidence = read_evidence(f.evidence, n_examples=clean.n_examples, numel=spec.channels * spec.image_size ** 2)
+    evidence = keep["evidence"] or read_evidence(f.evidence, n_examples=clean.n_examples,
+                                                 numel=get_spec(card.dataset).numel)
     attack = published_attack(res)  # VerificationError if missing or invalid
     _same_threat_model(label, card.robust_args, attack, evidence.meta)
     tau = tau_for(numerics, attack.numerics)
@@ -533,8 +530,9 @@ def _same_threat_model(label: str, args: dict | None, attack, evidence_meta: dic
             or not math.isclose(eps, attack.eps, rel_tol=1e-9):
         raise VerificationError(f"{label}: the card claims robust accuracy under {stated}, but the published results "
                                 f"come from {ran}")
-    if evidence_meta.get("norm", attack.norm) != attack.norm or not isinstance(evidence_meta.get("eps", attack.eps), (int, float)) \
-            or not math.isclose(float(evidence_meta.get("eps", attack.eps)), attack.eps, rel_tol=1e-9):
+    meta_eps = evidence_meta.get("eps", attack.eps)
+    if evidence_meta.get("norm", attack.norm) != attack.norm or not isinstance(meta_eps, (int, float)) \
+            or not math.isclose(meta_eps, attack.eps, rel_tol=1e-9):
         raise VerificationError(f"{label}: {EVIDENCE_FILE} was made under another threat model than the results state ({ran})")
 
 
@@ -634,7 +632,8 @@ def pull(spec: str, *, data_dir: str | Path | None = None, verify: bool = True, 
     if write_card and f.unpinned:
         raise ConfigError(f"{label}: --write-card would pin whatever {source} is; give the card a source_sha256 "
                           f"or download the official file first")
-    keep: dict = {"positions": _evidence_positions(f) if robust else ()}
+    evidence = _parsed_evidence(f) if robust else None
+    keep: dict = {"evidence": evidence, "positions": [e.position for e in evidence.items] if evidence else ()}
     out = _verify(f, out, ck, data_dir=data_dir, device=device, numerics=numerics, strict=strict,
                   progress=progress, base=base, keep=keep)
     if robust:
@@ -664,7 +663,7 @@ def _write_robust(s: Spec, f: _Fetched, out: PullResult, keep: dict, results_pat
         raise ConfigError(f"{results_path}: no robust result to publish (rerun `rbzoo eval` without --clean-only)")
     sha = hashlib.sha256(data).hexdigest()
     spec = get_spec(f.card.dataset)
-    evidence = read_evidence(data, n_examples=clean.n_examples, numel=spec.channels * spec.image_size ** 2)
+    evidence = read_evidence(data, n_examples=clean.n_examples, numel=spec.numel)
     prove_breaks(keep["model"], keep["dataset"], np.arange(clean.n_examples), res, evidence, cert, clean.labels,
                  clean.correct_mask, profile=numerics, tau=tau_for(numerics, res["attack"].get("numerics", "verify")),
                  device=device)

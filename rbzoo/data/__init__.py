@@ -32,6 +32,11 @@ class DatasetSpec:
     std: tuple[float, ...]
     folder: str  # what must exist under --data-dir
 
+    @property
+    def numel(self) -> int:
+        """Values per input image (channels × size × size)."""
+        return self.channels * self.image_size ** 2
+
 
 DATASETS: dict[str, DatasetSpec] = {
     "cifar10": DatasetSpec("cifar10", 10, 32, 3, "cifar10", *NORMALIZATION["cifar10"], "cifar-10-batches-py"),
